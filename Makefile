@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Tests that must also pass on the JAX backend (layers, ops, models).
+JAX_TESTS := tests/layers tests/models tests/test_ops.py tests/test_norms.py \
+	tests/test_convert.py
+
+.PHONY: setup test test-tf test-jax lint demo bench reproduce clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[tensorflow,jax,train,test]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check keras_seqnorm tests benchmarks examples
+
+test: lint test-tf test-jax
+
+test-tf: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -ra tests
+
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -ra $(JAX_TESTS)
+
+demo: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm.cli compare \
+		--dataset digits --model simplecnn --norms batch,ghost,sequential \
+		--seeds 3 --run-dir runs/demo
+
+bench: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PY) benchmarks/run.py
+
+reproduce: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm.analysis.report \
+		--run-dir runs/reproduce --out docs/results.md
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,8 @@
+"""The normalization layers of keras-seqnorm."""
+
+from keras_seqnorm.layers.ghost_normalization import GhostNormalization
+from keras_seqnorm.layers.sequential_normalization import (
+    SequentialNormalization,
+)
+
+__all__ = ["GhostNormalization", "SequentialNormalization"]

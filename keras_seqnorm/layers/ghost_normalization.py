@@ -1,0 +1,329 @@
+"""Ghost Normalization: BatchNorm over contiguous ghost batches."""
+
+import keras
+from keras import constraints
+from keras import initializers
+from keras import ops
+from keras import regularizers
+
+from keras_seqnorm import ops as norm_ops
+
+
+def _check_count(name, value, allow_none=True):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        expected = "a positive integer" + (" or None" if allow_none else "")
+        raise ValueError(
+            f"Argument `{name}` must be {expected}. Received: {name}={value!r}"
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_seqnorm")
+class GhostNormalization(keras.layers.Layer):
+    """Ghost Normalization: BatchNorm within contiguous ghost batches.
+
+    The batch of `M` samples is split into `G_M` contiguous ghost batches
+    (the paper's Figure A1, `X.reshape(groupsM, -1, C, F)`), and each ghost
+    batch is normalized with its own statistics, per channel:
+    `gamma * (x - mean_g) / sqrt(var_g + epsilon) + beta`, where `mean_g` and
+    `var_g` (biased) run over the ghost batch's samples and every axis but
+    the channel axis. With `groups_m=1` this is `BatchNormalization`.
+
+    When `M` is not a multiple of `G_M` the ghost batches follow
+    `numpy.array_split`: the first `M % G_M` hold one sample more. When
+    `M < G_M` there are `M` ghost batches of one sample. Any batch size
+    works, so the last partial batch of an epoch trains too.
+
+    **During training** (`training=True` and `layer.trainable`), the layer
+    normalizes with the ghost batch statistics and updates, once per call,
+    `moving_mean = moving_mean * momentum + mean * (1 - momentum)` (and the
+    same for `moving_variance`), where `mean` and `var` are the
+    size-weighted averages of the ghost batches' means and biased
+    variances.
+
+    **During inference** (`training=False` or `layer.trainable = False`),
+    the layer normalizes with `moving_mean` and `moving_variance`, like
+    `BatchNormalization`.
+
+    Under a `tf.distribute` strategy, ghost batches are formed within each
+    replica's share of the batch: `groups_m=G` on `n` replicas is
+    `groups_m=n*G` on one device. The moving statistics are averaged across
+    replicas at each update, so every replica holds the same values.
+
+    Args:
+        groups_m: Number of ghost batches G_M. Defaults to `None`: 4 unless
+            `ghost_batch_size` is given.
+        ghost_batch_size: Samples per ghost batch; then
+            `G_M = ceil(M / ghost_batch_size)`. Give at most one of
+            `groups_m` and `ghost_batch_size`. Defaults to `None`.
+        axis: The channel axis. Defaults to `-1`.
+        momentum: Momentum of the moving statistics. Defaults to `0.99`.
+        epsilon: Small float added to the variance. Defaults to `1e-3`.
+        center: If `True`, add the offset `beta`. Defaults to `True`.
+        scale: If `True`, multiply by `gamma`. Defaults to `True`.
+        beta_initializer: Initializer for `beta`. Defaults to `"zeros"`.
+        gamma_initializer: Initializer for `gamma`. Defaults to `"ones"`.
+        moving_mean_initializer: Initializer for `moving_mean`. Defaults to
+            `"zeros"`.
+        moving_variance_initializer: Initializer for `moving_variance`.
+            Defaults to `"ones"`.
+        beta_regularizer: Regularizer for `beta`. Defaults to `None`.
+        gamma_regularizer: Regularizer for `gamma`. Defaults to `None`.
+        beta_constraint: Constraint for `beta`. Defaults to `None`.
+        gamma_constraint: Constraint for `gamma`. Defaults to `None`.
+        **kwargs: Base layer keyword arguments (e.g. `name`, `dtype`).
+
+    Call arguments:
+        inputs: Input tensor of rank >= 2, batch on axis 0.
+        training: Python boolean: normalize with ghost batch statistics
+            (`True`) or the moving statistics (`False`).
+        mask: Optional boolean tensor with one dimension less than the input
+            (the input's shape without its last axis, or broadcastable to
+            it), as made by `keras.layers.Masking`. Masked positions count in
+            no statistic; a ghost batch without any unmasked value outputs
+            `beta`.
+
+    Reference:
+        - [Dimitriou and Arandjelovic, 2022](https://arxiv.org/abs/2007.01577),
+          "Sequential Normalization: Embracing Smaller Sample Sizes for
+          Normalization".
+
+    Example:
+
+    >>> x = keras.random.normal((32, 8, 8, 16))
+    >>> layer = GhostNormalization(groups_m=4)
+    >>> y = layer(x, training=True)
+    >>> tuple(y.shape)
+    (32, 8, 8, 16)
+    """
+
+    _default_groups_m = 4
+
+    def __init__(
+        self,
+        groups_m=None,
+        ghost_batch_size=None,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_count("groups_m", groups_m)
+        _check_count("ghost_batch_size", ghost_batch_size)
+        if groups_m is not None and ghost_batch_size is not None:
+            raise ValueError(
+                "Give at most one of `groups_m` and `ghost_batch_size`. "
+                f"Received: groups_m={groups_m}, "
+                f"ghost_batch_size={ghost_batch_size}"
+            )
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise ValueError(
+                f"Argument `axis` must be an integer. Received: axis={axis!r}"
+            )
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(
+                "Argument `momentum` must be in [0, 1]. "
+                f"Received: momentum={momentum}"
+            )
+        if not epsilon > 0.0:
+            raise ValueError(
+                "Argument `epsilon` must be positive. "
+                f"Received: epsilon={epsilon}"
+            )
+        self.groups_m = groups_m
+        self.ghost_batch_size = ghost_batch_size
+        self.axis = axis
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.center = center
+        self.scale = scale
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.moving_mean_initializer = initializers.get(moving_mean_initializer)
+        self.moving_variance_initializer = initializers.get(
+            moving_variance_initializer
+        )
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = constraints.get(beta_constraint)
+        self.gamma_constraint = constraints.get(gamma_constraint)
+        self.supports_masking = True
+        # Inputs above float16's range must reach `call` uncast.
+        self.autocast = False
+        if groups_m is None and ghost_batch_size is None:
+            self._groups_m = self._default_groups_m
+        else:
+            self._groups_m = groups_m
+        self._channel_axis = None
+        self.gamma = None
+        self.beta = None
+        self.moving_mean = None
+        self.moving_variance = None
+
+    def _check_input_shape(self, input_shape):
+        rank = len(input_shape)
+        if rank < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs inputs of rank >= 2 (batch and "
+                f"channels). Received: input_shape={input_shape}"
+            )
+        channel_axis = norm_ops.resolve_axis(self.axis, rank)
+        if channel_axis is None or channel_axis == 0:
+            raise ValueError(
+                f"Argument `axis` must name a non-batch axis of the "
+                f"{rank}-D input (1 to {rank - 1}, or -1 to {1 - rank}). "
+                f"Received: axis={self.axis}"
+            )
+        channels = input_shape[channel_axis]
+        if channels is None:
+            raise ValueError(
+                f"The channel axis {self.axis} of the input must have a known "
+                f"size. Received: input_shape={input_shape}"
+            )
+        return channel_axis, channels
+
+    def build(self, input_shape):
+        channel_axis, channels = self._check_input_shape(input_shape)
+        self._channel_axis = channel_axis
+        shape = (channels,)
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=shape,
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        if self.center:
+            self.beta = self.add_weight(
+                shape=shape,
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        self.moving_mean = self.add_weight(
+            shape=shape,
+            name="moving_mean",
+            initializer=self.moving_mean_initializer,
+            trainable=False,
+            autocast=False,
+            aggregation="mean",
+        )
+        self.moving_variance = self.add_weight(
+            shape=shape,
+            name="moving_variance",
+            initializer=self.moving_variance_initializer,
+            trainable=False,
+            autocast=False,
+            aggregation="mean",
+        )
+        self.input_spec = keras.layers.InputSpec(
+            ndim=len(input_shape), axes={channel_axis: channels}
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def _groups_c(self):
+        return None
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None and len(mask.shape) != len(inputs.shape) - 1:
+            raise ValueError(
+                "The mask must have one dimension less than the inputs. "
+                f"Received: mask.shape={mask.shape}, "
+                f"inputs.shape={inputs.shape}"
+            )
+        # Statistics in float32 whatever the input dtype.
+        inputs = ops.cast(inputs, keras.backend.result_type(
+            inputs.dtype, "float32"
+        ))
+        dtype = inputs.dtype
+        gamma = ops.cast(self.gamma, dtype) if self.scale else None
+        beta = ops.cast(self.beta, dtype) if self.center else None
+        training = bool(training) and self.trainable
+        stats = norm_ops.sequential_moments(
+            inputs,
+            self._channel_axis,
+            groups_c=self._groups_c(),
+            groups_m=self._groups_m,
+            ghost_batch_size=self.ghost_batch_size,
+            epsilon=self.epsilon,
+            mask=mask,
+            training=training,
+        )
+        if training:
+            mean, variance = stats["mean"], stats["variance"]
+            self._update_moving_statistics(
+                stats["sample_count"], mean, variance
+            )
+            ghost_count = stats["count"] if mask is not None else None
+        else:
+            mean = ops.cast(self.moving_mean, dtype)
+            variance = ops.cast(self.moving_variance, dtype)
+            ghost_count = None
+        outputs = norm_ops.sequential_normalize(
+            inputs,
+            stats,
+            mean,
+            variance,
+            gamma,
+            beta,
+            self.epsilon,
+            self._channel_axis,
+            ghost_count=ghost_count,
+        )
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _update_moving_statistics(self, count, mean, variance):
+        batch_mean, total = norm_ops.weighted_average(count, mean)
+        batch_variance, _ = norm_ops.weighted_average(count, variance)
+        seen = total > 0
+        for variable, value in (
+            (self.moving_mean, batch_mean),
+            (self.moving_variance, batch_variance),
+        ):
+            old = ops.cast(variable, value.dtype)
+            new = old * self.momentum + value * (1.0 - self.momentum)
+            variable.assign(ops.cast(ops.where(seen, new, old), variable.dtype))
+
+    def get_config(self):
+        config = {
+            "groups_m": self.groups_m,
+            "ghost_batch_size": self.ghost_batch_size,
+            "axis": self.axis,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": initializers.serialize(self.beta_initializer),
+            "gamma_initializer": initializers.serialize(self.gamma_initializer),
+            "moving_mean_initializer": initializers.serialize(
+                self.moving_mean_initializer
+            ),
+            "moving_variance_initializer": initializers.serialize(
+                self.moving_variance_initializer
+            ),
+            "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+            "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+            "beta_constraint": constraints.serialize(self.beta_constraint),
+            "gamma_constraint": constraints.serialize(self.gamma_constraint),
+        }
+        return {**super().get_config(), **config}
