@@ -1,0 +1,120 @@
+"""Test helpers on the public Keras API: NumPy references and gradients."""
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def to_numpy(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+def _channels_last(x, axis):
+    return np.moveaxis(x, axis, -1)
+
+
+def ghost_norm_reference(x, axis=-1, groups_m=1, epsilon=1e-3, mask=None,
+                         ghost_batch_size=None):
+    """GhostNorm in float64 NumPy: `numpy.array_split` over the batch.
+
+    Returns the normalized array and the size-weighted averages of the ghost
+    batches' means and biased variances (the moving-statistics update).
+    """
+    x = _channels_last(np.asarray(x, np.float64), axis)
+    batch = x.shape[0]
+    if ghost_batch_size is not None:
+        groups_m = -(-batch // ghost_batch_size)
+    keep = np.ones(x.shape[:-1], bool) if mask is None else np.broadcast_to(
+        np.asarray(mask, bool), x.shape[:-1]
+    )
+    out = np.zeros_like(x)
+    means, variances, counts = [], [], []
+    for index in np.array_split(np.arange(batch), groups_m):
+        if index.size == 0:
+            continue
+        values = x[index][keep[index]]  # (n, C)
+        if values.shape[0] == 0:
+            continue
+        mean, variance = values.mean(0), values.var(0)
+        out[index] = (x[index] - mean) / np.sqrt(variance + epsilon)
+        means.append(mean)
+        variances.append(variance)
+        counts.append(values.shape[0])
+    weights = np.asarray(counts, np.float64)[:, None]
+    average_mean = (weights * means).sum(0) / weights.sum()
+    average_variance = (weights * variances).sum(0) / weights.sum()
+    return np.moveaxis(out, -1, axis), average_mean, average_variance
+
+
+def group_norm_reference(x, axis=-1, groups_c=1, epsilon=1e-3):
+    """GroupNorm without affine in float64 NumPy."""
+    x = _channels_last(np.asarray(x, np.float64), axis)
+    shape = x.shape
+    grouped = x.reshape(shape[0], -1, groups_c, shape[-1] // groups_c)
+    mean = grouped.mean(axis=(1, 3), keepdims=True)
+    variance = grouped.var(axis=(1, 3), keepdims=True)
+    out = ((grouped - mean) / np.sqrt(variance + epsilon)).reshape(shape)
+    return np.moveaxis(out, -1, axis)
+
+
+def seq_norm_reference(x, axis=-1, groups_c=4, groups_m=1, epsilon=1e-3):
+    """SeqNorm as the paper writes it: GroupNorm, then GhostNorm."""
+    grouped = group_norm_reference(x, axis, groups_c, epsilon)
+    return ghost_norm_reference(grouped, axis, groups_m, epsilon)
+
+
+def input_gradient(fn, x):
+    """Gradient of `sum(fn(x))` with respect to `x`, on the active backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(fn(x))
+        return to_numpy(tape.gradient(total, x))
+    if backend == "jax":
+        import jax
+
+        def total(v):
+            # Layers may assign state (moving statistics) in `fn`.
+            with keras.StatelessScope():
+                return ops.sum(fn(v))
+
+        return to_numpy(jax.grad(total)(ops.convert_to_tensor(x)))
+    import torch
+
+    x = torch.tensor(np.asarray(x), requires_grad=True)
+    fn(x).sum().backward()
+    return to_numpy(x.grad)
+
+
+def trainable_gradients(model, loss_fn, x, y):
+    """Gradients of `loss_fn(y, model(x, training=True))` for every trainable
+    weight of `model`, as NumPy arrays, on the active backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        return [to_numpy(g) for g in grads]
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def loss_of(values):
+            out, _ = model.stateless_call(
+                values, non_trainable, x, training=True
+            )
+            return loss_fn(y, out)
+
+        return [to_numpy(g) for g in jax.grad(loss_of)(trainable)]
+    model.zero_grad()
+    loss = loss_fn(y, model(x, training=True))
+    loss.backward()
+    return [to_numpy(v.value.grad) for v in model.trainable_variables]
