@@ -108,7 +108,7 @@ def _fwd_bwd_tensorflow(layer, x, dy):
     def sync(result):
         return result[0].numpy().ravel()[0]
 
-    return run, sync
+    return run, sync, None
 
 
 def _fwd_bwd_jax(layer, x, dy):
@@ -137,10 +137,19 @@ def _fwd_bwd_jax(layer, x, dy):
     def sync(result):
         return jax.block_until_ready(result)
 
-    return run, sync
+    compiled = step.lower(trainable, non_trainable, x, dy).compile()
+    analysis = compiled.memory_analysis()
+    temp_bytes = getattr(analysis, "temp_size_in_bytes", None)
+    return run, sync, temp_bytes
 
 
-def _make_step(layer, x, dy):
+def fwd_bwd_step(layer, x, dy):
+    """A compiled fwd+bwd call of `layer` at `x` with output cotangent `dy`.
+
+    Returns `(run, sync, temp_bytes)`: `run()` makes one call, `sync(result)`
+    waits for it, `temp_bytes` is XLA's scratch memory for the call where
+    the backend reports it (JAX), else `None`.
+    """
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return _fwd_bwd_tensorflow(layer, x, dy)
@@ -153,7 +162,7 @@ def _make_step(layer, x, dy):
 
 
 def _time_interleaved(steps, iters, samples):
-    """Median seconds per call of each step; samples interleaved."""
+    """Median seconds per call of each `(run, sync)`; samples interleaved."""
     for run, sync in steps.values():  # compile and warm up
         sync(run())
         sync(run())
@@ -198,11 +207,12 @@ def bench_layers(shapes, dtypes, iters, samples, include_group=True):
                 rng.normal(size=shape).astype("float32"), dtype=dtype
             )
             policy = "mixed_" + dtype if dtype != "float32" else "float32"
-            steps = {}
+            steps, temp = {}, {}
             for name, make in _implementations(include_group).items():
                 layer = make(policy)
                 layer.build(shape)
-                steps[name] = _make_step(layer, x, dy)
+                run, sync, temp[name] = fwd_bwd_step(layer, x, dy)
+                steps[name] = (run, sync)
             medians = _time_interleaved(steps, iters, samples)
             base = medians["batch"]
             for name, seconds in medians.items():
@@ -213,6 +223,9 @@ def bench_layers(shapes, dtypes, iters, samples, include_group=True):
                     "impl": name,
                     "ms": seconds * 1e3,
                     "ratio": seconds / base,
+                    # XLA's scratch memory for fwd+bwd (JAX only): what
+                    # the layer keeps beyond its input and output.
+                    "temp_bytes": temp[name],
                 })
             print(_format_row(shape, dtype, medians), flush=True)
     return rows
@@ -321,8 +334,8 @@ def _versions():
 def markdown_table(rows):
     lines = [
         "| shape | dtype | BatchNorm ms | GhostNorm | SeqNorm | two-stage "
-        "SeqNorm | GroupNorm |",
-        "|---|---|---|---|---|---|---|",
+        "SeqNorm | GroupNorm | scratch MiB (BN / Ghost / Seq / two-stage) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     keyed = {}
     for row in rows:
@@ -334,9 +347,16 @@ def markdown_table(rows):
             f"{impls[n]['ratio']:.2f}x" if n in impls else "-"
             for n in ("ghost", "sequential", "two_stage", "group")
         ]
+        memory = [
+            impls[n].get("temp_bytes") if n in impls else None
+            for n in ("batch", "ghost", "sequential", "two_stage")
+        ]
+        memory = " / ".join(
+            "-" if m is None else f"{m / 2**20:.1f}" for m in memory
+        )
         lines.append(
             f"| {shape} | {dtype} | {impls['batch']['ms']:.2f} | "
-            + " | ".join(cells) + " |"
+            + " | ".join(cells) + f" | {memory} |"
         )
     steps = [r for r in rows if r["kind"] == "train_step"]
     if steps:

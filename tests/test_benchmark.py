@@ -44,3 +44,23 @@ def test_harness_writes_ratios_to_batch_normalization(tmp_path):
 def test_bad_shapes_flag():
     with pytest.raises(ValueError, match="Received: --shapes=16x4xa"):
         benchmark.main(["--shapes", "16x4xa", "--model", ""])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax",
+                    reason="XLA memory analysis is read through JAX")
+def test_fused_layers_keep_only_batch_by_channel_scratch():
+    # Issue 6: activation memory no more than BatchNorm's plus
+    # O(batch x channels); the two-stage formulation keeps whole copies.
+    shape = (32, 16, 16, 64)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype("float32")
+    dy = rng.normal(size=shape).astype("float32")
+    temp = {}
+    for name, make in benchmark._implementations().items():
+        layer = make("float32")
+        layer.build(shape)
+        temp[name] = benchmark.fwd_bwd_step(layer, x, dy)[2]
+    batch_by_channel = shape[0] * shape[-1] * 4
+    for name in ("ghost", "sequential"):
+        assert temp[name] <= temp["batch"] + 64 * batch_by_channel, temp
+    assert temp["two_stage"] >= x.nbytes, temp
