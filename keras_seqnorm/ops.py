@@ -67,6 +67,7 @@ def sample_channel_moments(x, channel_axis, mask=None):
     Returns:
         `(count, mean, variance)`, three float tensors of shape `(M, C)`.
     """
+    x = ops.convert_to_tensor(x)
     rank = len(x.shape)
     channels = x.shape[channel_axis]
     axes = reduction_axes(rank, channel_axis)

@@ -116,7 +116,9 @@ def test_equals_batch_normalization_with_one_group():
     weights = _random((16, 5, 5, 8), seed=3)
 
     def loss_of(layer):
-        return lambda v: layer(v, training=True) * weights
+        return lambda v: keras.ops.multiply(
+            layer(v, training=True), weights
+        )
 
     np.testing.assert_allclose(
         input_gradient(loss_of(ghost), x),

@@ -101,7 +101,7 @@ def test_equals_group_normalization_then_ghost_normalization():
     weights = _random(x.shape, seed=9)
 
     def weighted(fn):
-        return lambda v: fn(v) * weights
+        return lambda v: keras.ops.multiply(fn(v), weights)
 
     np.testing.assert_allclose(
         input_gradient(weighted(lambda v: seq(v, training=True)), x),
