@@ -1,0 +1,83 @@
+"""Model builders: factory functions returning functional `keras.Model`s.
+
+Every builder takes `norm="batch"` (a name from
+`keras_seqnorm.NORM_LAYERS`, a layer class or a `functools.partial`),
+`norm_kwargs`, `num_classes`, `input_shape`, `classifier_activation`
+(`None`: logits), `data_format`, `dtype` and `name`.
+
+```python
+model = keras_seqnorm.models.WideResNet(
+    28, 10, num_classes=100, norm="sequential",
+    norm_kwargs={"groups_c": 4, "groups_m": 8},
+)
+model = keras_seqnorm.models.get_model("resnet56", norm="ghost")
+```
+"""
+
+import functools
+
+from keras_seqnorm.models.resnet import ResNet18
+from keras_seqnorm.models.resnet import ResNet34
+from keras_seqnorm.models.resnet import ResNet50
+from keras_seqnorm.models.resnet_cifar import ResNetCIFAR
+from keras_seqnorm.models.simple_cnn import SimpleCNN
+from keras_seqnorm.models.simple_net import SimpleNet
+from keras_seqnorm.models.wide_resnet import WideResNet
+from keras_seqnorm.norms import canonical_name
+
+MODELS = {
+    "wrn28_10": functools.partial(WideResNet, depth=28, width=10),
+    "wrn16_4": functools.partial(WideResNet, depth=16, width=4),
+    "resnet20": functools.partial(ResNetCIFAR, depth=20),
+    "resnet56": functools.partial(ResNetCIFAR, depth=56),
+    "resnet110": functools.partial(ResNetCIFAR, depth=110),
+    "resnet18": ResNet18,
+    "resnet34": ResNet34,
+    "resnet50": ResNet50,
+    "simplenet": SimpleNet,
+    "simplecnn": SimpleCNN,
+}
+"""Model names for `get_model` -> builders. `resnet20/56/110` are the CIFAR
+ResNets, `resnet18/34/50` the ImageNet ones."""
+
+
+def get_model(name, /, **kwargs):
+    """Builds the model called `name` from `MODELS`.
+
+    Args:
+        name: A name from `MODELS` (case, underscores and hyphens are
+            ignored): wrn28_10, wrn16_4, resnet20, resnet56, resnet110,
+            resnet18, resnet34, resnet50, simplenet, simplecnn.
+        **kwargs: Arguments of the builder (`num_classes`, `input_shape`,
+            `norm`, `norm_kwargs`, `dtype`, ..., and `name`, the model's
+            name).
+
+    Returns:
+        A functional `keras.Model`, named `name` unless `kwargs` names it.
+
+    Example:
+
+    >>> model = get_model("resnet20", num_classes=10, norm="sequential")
+    """
+    table = {canonical_name(key): key for key in MODELS}
+    key = table.get(canonical_name(name)) if isinstance(name, str) else None
+    if key is None:
+        raise ValueError(
+            f"Unknown model {name!r}. Valid names: {', '.join(MODELS)}. "
+            f"Received: name={name!r}"
+        )
+    kwargs.setdefault("name", key)
+    return MODELS[key](**kwargs)
+
+
+__all__ = [
+    "MODELS",
+    "ResNet18",
+    "ResNet34",
+    "ResNet50",
+    "ResNetCIFAR",
+    "SimpleCNN",
+    "SimpleNet",
+    "WideResNet",
+    "get_model",
+]
