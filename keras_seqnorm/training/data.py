@@ -1,0 +1,407 @@
+"""Data sets as `tf.data` pipelines with the global batch size.
+
+`load_data(config)` returns the training, validation and test pipelines of
+`config.dataset`:
+
+- `digits`: scikit-learn's bundled 8x8 digits (1,797 images, offline),
+  scaled to `[0, 255]` and resized to `image_size` (default 16); a
+  stratified test split of 360 images, then `validation_size` (default 180)
+  stratified from the rest.
+- `mnist`, `cifar10`, `cifar100`, `imagenet2012`: TensorFlow Datasets in
+  `--data-dir`; `validation_size` images stratified from the training split
+  (CIFAR: 45,000/5,000 as Appendix C), 0 to validate on the test split
+  (ImageNet's test split is its validation set). Splits use seed 0, so
+  every run of a comparison sees the same split.
+
+Training: shuffle, map (decode, resize, one-hot labels), per-image
+augmentation (RandAugment, ImageNet's random-resized crop), batch with
+`drop_remainder=True`, per-batch standardization and augmentation
+(pad-and-crop, flip, Cutout, MixUp), prefetch. Evaluation: map (ImageNet's
+center crop), batch (the last batch may be partial), standardize.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from keras_seqnorm.training import augment
+from keras_seqnorm.training.config import ConfigError
+
+AUTOTUNE = tf.data.AUTOTUNE
+SPLIT_SEED = 0
+DIGITS_TEST_SIZE = 360
+
+# Image side, default validation size, test split and per-channel
+# mean/std of the pixel values in [0, 255] (digits: from its training split).
+DATASET_DEFAULTS = {
+    "digits": (16, 180, None, None),
+    "mnist": (28, 5000, "test", ((33.32,), (78.57,))),
+    "cifar10": (
+        32, 5000, "test",
+        ((125.31, 122.95, 113.87), (62.99, 62.09, 66.70)),
+    ),
+    "cifar100": (
+        32, 5000, "test",
+        ((129.30, 124.07, 112.43), (68.17, 65.39, 70.42)),
+    ),
+    "imagenet2012": (
+        224, 0, "validation",
+        ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+    ),
+}
+
+
+class DatasetUnavailableError(ConfigError):
+    """A TensorFlow Datasets data set is not in `--data-dir` and could not
+    be prepared."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """The pipelines of one run and what the model needs to know.
+
+    Attributes:
+        train: Batches `(images, one_hot_labels)`, `steps_per_epoch` of them.
+        validation: Evaluation batches of the validation split (the test
+            split when `validation_is_test`).
+        test: Evaluation batches of the test split.
+        input_shape: `(image_size, image_size, channels)`.
+        num_classes: Number of classes.
+        train_size: Training images per epoch (before `drop_remainder`).
+        validation_size: Validation images.
+        test_size: Test images.
+        steps_per_epoch: `train_size // batch_size`.
+        validation_is_test: Whether validation runs on the test split.
+    """
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    test: tf.data.Dataset
+    input_shape: tuple
+    num_classes: int
+    train_size: int
+    validation_size: int
+    test_size: int
+    steps_per_epoch: int
+    validation_is_test: bool
+
+
+def resolve_data_fields(config):
+    """`config` with `image_size` and `validation_size` set to the data
+    set's defaults where they are `None`."""
+    size, validation, _, _ = DATASET_DEFAULTS[config.dataset]
+    return dataclasses.replace(
+        config,
+        image_size=size if config.image_size is None else config.image_size,
+        validation_size=(
+            validation
+            if config.validation_size is None
+            else config.validation_size
+        ),
+    )
+
+
+def stratified_split(labels, size, seed=SPLIT_SEED):
+    """Splits indices into `(kept, held)` with `len(held) == size`.
+
+    Each class contributes `size * n_c / n` images rounded by largest
+    remainder, so class proportions are kept; the images within each class
+    are drawn at random with `seed`. Both index arrays are sorted.
+    """
+    labels = np.asarray(labels)
+    total = len(labels)
+    if not 0 <= size < total:
+        raise ValueError(
+            f"Argument `size` must be in [0, {total}) for {total} images. "
+            f"Received: size={size}"
+        )
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * size / total
+    take = np.floor(quota).astype(int)
+    order = np.argsort(-(quota - take), kind="stable")
+    take[order[: size - take.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    held = [
+        rng.permutation(np.flatnonzero(labels == label))[:count]
+        for label, count in zip(classes, take)
+    ]
+    held = np.sort(np.concatenate(held)).astype(np.int64)
+    kept = np.setdiff1d(np.arange(total), held)
+    return kept, held
+
+
+def _check_validation_size(config, total):
+    if config.validation_size >= total:
+        raise ConfigError(
+            f"Argument `validation_size` must be less than the {total} "
+            f"training images of {config.dataset}. "
+            f"Received: validation_size={config.validation_size}"
+        )
+
+
+def _digits(config):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = digits.images[..., None].astype(np.float32) * (255.0 / 16.0)
+    size = config.image_size
+    images = tf.image.resize(images, (size, size)).numpy()
+    labels = digits.target.astype(np.int64)
+    rest, test = stratified_split(labels, DIGITS_TEST_SIZE)
+    _check_validation_size(config, len(rest))
+    kept, held = stratified_split(labels[rest], config.validation_size)
+    train, validation = rest[kept], rest[held]
+    mean = images[train].mean(axis=(0, 1, 2))
+    std = images[train].std(axis=(0, 1, 2))
+
+    def source(index):
+        return tf.data.Dataset.from_tensor_slices(
+            (images[index], labels[index])
+        )
+
+    if config.validation_size == 0:
+        validation = test
+    return {
+        "train": (source(train), len(train)),
+        "validation": (source(validation), len(validation)),
+        "test": (source(test), len(test)),
+        "num_classes": 10,
+        "channels": 1,
+        "stats": (mean, std),
+    }
+
+
+def _import_tfds(dataset):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DatasetUnavailableError(
+            f"The data set {dataset!r} needs tensorflow-datasets: pip install "
+            f"'keras-seqnorm[train]'. Received: dataset={dataset!r}"
+        ) from None
+    return tfds
+
+
+def _tfds_builder(config):
+    tfds = _import_tfds(config.dataset)
+    builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+    if builder.is_prepared():
+        return tfds, builder
+    where = (
+        f"--data-dir {config.data_dir}"
+        if config.data_dir
+        else "--data-dir (default ~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    )
+    received = f"Received: data_dir={config.data_dir!r}"
+    if not config.download:
+        raise DatasetUnavailableError(
+            f"The data set {config.dataset!r} is not prepared in {where} and "
+            "--no-download was given. Point --data-dir at a directory that "
+            f"holds it (`tfds build {config.dataset} --data_dir DIR`). "
+            + received
+        )
+    if config.dataset == "imagenet2012" and not config.manual_dir:
+        raise DatasetUnavailableError(
+            f"imagenet2012 is not prepared in {where}. TensorFlow Datasets "
+            "cannot download it: give --manual-dir, the directory holding "
+            "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar. "
+            + received
+        )
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=config.manual_dir
+            )
+        )
+    except Exception as error:  # Any failure of a download is the same.
+        reason = str(error).strip().splitlines()
+        reason = f"{type(error).__name__}: {reason[0] if reason else ''}"
+        raise DatasetUnavailableError(
+            f"The data set {config.dataset!r} is not prepared in {where} and "
+            f"could not be downloaded ({reason}). Prepare it where the "
+            f"internet is reachable (`tfds build {config.dataset} "
+            "--data_dir DIR`) and point --data-dir at DIR. " + received
+        ) from None
+    return tfds, builder
+
+
+def _labels(tfds, builder):
+    labels = builder.as_dataset(
+        split="train",
+        shuffle_files=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    ).map(lambda example: example["label"], num_parallel_calls=AUTOTUNE)
+    return np.concatenate(
+        [batch for batch in labels.batch(8192).as_numpy_iterator()]
+    )
+
+
+def _tfds(config):
+    tfds, builder = _tfds_builder(config)
+    _, _, test_split, stats = DATASET_DEFAULTS[config.dataset]
+
+    def split(name):
+        dataset = builder.as_dataset(
+            split=name, shuffle_files=False, as_supervised=True
+        )
+        return dataset, int(dataset.cardinality())
+
+    train, train_size = split("train")
+    test, test_size = split(test_split)
+    validation, validation_size = test, test_size
+    if config.validation_size:
+        _check_validation_size(config, train_size)
+        kept, held = stratified_split(
+            _labels(tfds, builder), config.validation_size
+        )
+        held_mask = np.zeros(train_size, bool)
+        held_mask[held] = True
+        held_mask = tf.constant(held_mask)
+
+        def subset(keep_held, size):
+            return (
+                train.enumerate()
+                .filter(lambda i, _: held_mask[i] == keep_held)
+                .map(lambda _, example: example)
+                .apply(tf.data.experimental.assert_cardinality(size))
+            )
+
+        train, validation = subset(False, len(kept)), subset(True, len(held))
+        train_size, validation_size = len(kept), len(held)
+    features = builder.info.features
+    return {
+        "train": (train, train_size),
+        "validation": (validation, validation_size),
+        "test": (test, test_size),
+        "num_classes": features["label"].num_classes,
+        "channels": features["image"].shape[-1],
+        "stats": stats,
+    }
+
+
+def load_data(config):
+    """The pipelines of `config.dataset` (see the module docstring).
+
+    Args:
+        config: A `Config` whose data fields are resolved
+            (`resolve_data_fields`); `config.batch_size` is the global batch
+            size, over all replicas.
+
+    Returns:
+        A `Data`.
+
+    Raises:
+        DatasetUnavailableError: when a TensorFlow Datasets data set is not
+            in `--data-dir` and cannot be prepared.
+        ConfigError: when the training split holds fewer images than a
+            batch, or no more than `validation_size`.
+    """
+    batch_size = config.batch_size
+    source = _digits(config) if config.dataset == "digits" else _tfds(config)
+    train, train_size = source["train"]
+    steps = train_size // batch_size
+    if steps < 1:
+        raise ConfigError(
+            f"Argument `batch_size` must be at most the {train_size} "
+            f"training images of {config.dataset}. "
+            f"Received: batch_size={batch_size}"
+        )
+    channels = source["channels"]
+    mean, std = (np.asarray(s, np.float32) for s in source["stats"])
+    imagenet = config.dataset == "imagenet2012"
+    size = config.image_size
+    num_classes = source["num_classes"]
+
+    def prepare(image, label):
+        image = tf.cast(image, tf.float32)
+        if not imagenet and image.shape[:2] != (size, size):
+            image = tf.image.resize(image, (size, size))
+        return image, tf.one_hot(label, num_classes)
+
+    def standardize(images, labels):
+        return (images - mean) / std, labels
+
+    def evaluation(dataset):
+        dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE)
+        if imagenet:
+            dataset = dataset.map(
+                lambda image, label: (augment.center_crop(image, size), label),
+                num_parallel_calls=AUTOTUNE,
+            )
+        else:
+            dataset = dataset.cache()
+        dataset = dataset.batch(batch_size).map(
+            standardize, num_parallel_calls=AUTOTUNE
+        )
+        return _with_options(dataset.prefetch(AUTOTUNE))
+
+    validation, validation_size = source["validation"]
+    test, test_size = source["test"]
+    return Data(
+        train=_training(
+            train, train_size, config, batch_size, channels, prepare,
+            standardize,
+        ),
+        validation=evaluation(validation),
+        test=evaluation(test),
+        input_shape=(size, size, channels),
+        num_classes=num_classes,
+        train_size=train_size,
+        validation_size=validation_size,
+        test_size=test_size,
+        steps_per_epoch=steps,
+        validation_is_test=config.validation_size == 0,
+    )
+
+
+def _training(dataset, size, config, batch_size, channels, prepare,
+              standardize):
+    imagenet = config.dataset == "imagenet2012"
+    dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE)
+    if not imagenet:
+        dataset = dataset.cache()
+    dataset = dataset.shuffle(min(size, 50_000 if not imagenet else 10_000))
+    per_image = []
+    if imagenet:
+        per_image.append(
+            lambda image: augment.random_resized_crop(image, config.image_size)
+        )
+    if config.randaugment is not None:
+        per_image.append(
+            augment.randaugment_fn(*config.randaugment, channels=channels)
+        )
+    if per_image:
+
+        def augment_image(image, label):
+            for fn in per_image:
+                image = fn(image)
+            return image, label
+
+        dataset = dataset.map(augment_image, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+
+    def augment_batch(images, labels):
+        images, labels = standardize(images, labels)
+        if config.pad_crop:
+            images = augment.pad_and_crop(images, config.pad_crop)
+        if config.flip:
+            images = augment.random_flip(images)
+        if config.cutout:
+            images = augment.cutout(images, config.cutout)
+        if config.mixup:
+            images, labels = augment.mixup(images, labels, config.mixup)
+        return images, labels
+
+    dataset = dataset.map(augment_batch, num_parallel_calls=AUTOTUNE)
+    return _with_options(dataset.prefetch(AUTOTUNE))
+
+
+def _with_options(dataset):
+    # Under MultiWorkerMirroredStrategy every worker reads the whole data
+    # set and keeps its share of each global batch.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return dataset.with_options(options)

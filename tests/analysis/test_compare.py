@@ -1,0 +1,126 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from keras_seqnorm.analysis import compare
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class FakeRun:
+    """Stands in for `training.train.run`: records the configs and returns
+    results with known accuracies."""
+
+    def __init__(self):
+        self.configs = []
+
+    def __call__(self, config):
+        self.configs.append(config)
+        test = {"ghost": 0.92, "sequential": 0.94}.get(config.norm, 0.90)
+        test += 0.01 * config.seed
+        curve = [0.5, 0.7, test - 0.01]
+        return {
+            "norm_kwargs": config.norm_layer_kwargs(),
+            "final": {"val_accuracy": curve[-1]},
+            "history": {"val_accuracy": curve},
+            "test_accuracy": test,
+            "images_per_second": 1000.0,
+            "wall_seconds": 1.0,
+        }
+
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    fake = FakeRun()
+    monkeypatch.setattr(compare, "run", fake)
+    return fake
+
+
+def test_table_of_means_and_standard_deviations(tmp_path, fake_run, capsys):
+    root = str(tmp_path)
+    result = compare.main([
+        "--preset", "cifar10-wrn28-10", "--norms", "batch,ghost,sequential",
+        "--seeds", "3", "--run-dir", root, "--epochs", "10",
+    ])
+    configs = fake_run.configs
+    assert [(c.norm, c.seed) for c in configs] == [
+        (n, s) for n in ("batch", "ghost", "sequential") for s in range(3)
+    ]
+    assert configs[4].run_dir == os.path.join(root, "ghost", "seed1")
+    assert all(c.epochs == 10 and c.dataset == "cifar10" for c in configs)
+    assert all(c.verbose == 0 for c in configs)
+    # The preset's groups for each norm (Section 3.2.2).
+    assert (configs[3].groups_m, configs[3].groups_c) == (4, None)
+    assert (configs[6].groups_m, configs[6].groups_c) == (8, 16)
+    for norm, base in (("batch", 0.90), ("ghost", 0.92),
+                       ("sequential", 0.94)):
+        tests = base + 0.01 * np.arange(3)
+        row = result["summary"][norm]
+        assert row["runs"] == 3
+        assert row["test_accuracy_mean"] == pytest.approx(tests.mean())
+        assert row["test_accuracy_std"] == pytest.approx(tests.std(ddof=1))
+        assert row["val_accuracy_mean"] == pytest.approx(tests.mean() - 0.01)
+    assert result["summary"]["sequential"]["groups"] == "G_C=16, G_M=8"
+    assert result["summary"]["batch"]["groups"] == "-"
+    assert compare._groups_text("ghost", {}) == "layer defaults"
+    assert compare._groups_text("sequential", {"groups_m": 2}) == (
+        "G_C=default, G_M=2")
+    out = capsys.readouterr().out
+    assert result["table"] in out
+    assert "ghost" in out and "93.00 ± 1.00" in out
+    with open(tmp_path / "compare.json") as file:
+        assert json.load(file) == json.loads(json.dumps(result))
+    with open(tmp_path / "compare.png", "rb") as file:
+        assert file.read(8) == PNG
+
+
+def test_group_flags_apply_only_to_norms_that_take_them(tmp_path, fake_run):
+    compare.main(["--norms", "batch,ghost,group", "--seeds", "1",
+                  "--groups-m", "2", "--groups-c", "4",
+                  "--run-dir", str(tmp_path), "--verbose", "2"])
+    batch, ghost, group = fake_run.configs
+    assert (batch.groups_m, batch.groups_c) == (None, None)
+    assert (ghost.groups_m, ghost.groups_c) == (2, None)
+    assert group.norm_layer_kwargs() == {"groups": 4}
+    assert ghost.verbose == 2
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--norms", "batch,layer"], "Received: norms='batch,layer'"),
+        (["--norms", "ghost,ghost"], "distinct names"),
+        (["--seeds", "0"], "Received: seeds=0"),
+        (["--norm", "ghost"], "unrecognized arguments"),
+        (["--seed", "1"], "unrecognized arguments"),
+        (["--batch-size", "-4"], "Received: batch_size=-4"),
+    ],
+)
+def test_bad_flags(capsys, fake_run, argv, expected):
+    with pytest.raises(SystemExit) as info:
+        compare.main(argv)
+    assert info.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert fake_run.configs == []
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow_only
+def test_compare_trains_on_digits(tmp_path, capsys):
+    root = str(tmp_path)
+    result = compare.main([
+        "--dataset", "digits", "--model", "simplecnn", "--norms",
+        "batch,sequential", "--seeds", "1", "--epochs", "2",
+        "--run-dir", root,
+    ])
+    assert list(result["summary"]) == ["batch", "sequential"]
+    for entry in result["runs"]:
+        with open(os.path.join(entry["run_dir"], "results.json")) as file:
+            stored = json.load(file)
+        assert stored["config"]["norm"] == entry["norm"]
+        assert entry["test_accuracy"] == stored["test_accuracy"]
+        assert len(entry["val_accuracy_curve"]) == 2
+    assert "sequential" in capsys.readouterr().out
+    assert os.path.getsize(os.path.join(root, "compare.png")) > 1000

@@ -1,0 +1,157 @@
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from keras_seqnorm.training import data as data_lib
+from keras_seqnorm.training import train
+from keras_seqnorm.training.config import Config
+from keras_seqnorm.training.data import DatasetUnavailableError
+from keras_seqnorm.training.data import load_data
+from keras_seqnorm.training.data import resolve_data_fields
+from keras_seqnorm.training.data import stratified_split
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning:tensorflow_datasets.*"
+)
+
+
+def _load(**fields):
+    return load_data(resolve_data_fields(Config(**fields)))
+
+
+def _batches(dataset):
+    return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+
+def test_stratified_split_keeps_class_proportions():
+    labels = np.repeat(np.arange(4), [50, 30, 15, 5])
+    kept, held = stratified_split(labels, 20)
+    assert len(held) == 20 and len(kept) == 80
+    assert not set(kept) & set(held)
+    assert sorted(np.concatenate([kept, held])) == list(range(100))
+    # 20 % of each class.
+    assert list(np.bincount(labels[held])) == [10, 6, 3, 1]
+    again, _ = stratified_split(labels, 20)
+    np.testing.assert_array_equal(kept, again)
+    other, _ = stratified_split(labels, 20, seed=1)
+    assert not np.array_equal(kept, other)
+
+
+def test_stratified_split_rounds_by_largest_remainder():
+    labels = np.repeat(np.arange(3), [5, 3, 2])
+    _, held = stratified_split(labels, 5)
+    # Quotas 2.5, 1.5, 1.0: floors 2, 1, 1; the one left goes to the
+    # first of the largest remainders.
+    assert list(np.bincount(labels[held], minlength=3)) == [3, 1, 1]
+    with pytest.raises(ValueError, match="Received: size=10"):
+        stratified_split(labels, 10)
+
+
+def test_digits_pipeline():
+    data = _load(dataset="digits", batch_size=64)
+    assert data.input_shape == (16, 16, 1) and data.num_classes == 10
+    assert (data.train_size, data.validation_size, data.test_size) == (
+        1257, 180, 360)
+    assert data.steps_per_epoch == 1257 // 64
+    train_batches = _batches(data.train)
+    assert len(train_batches) == data.steps_per_epoch
+    for images, labels in train_batches:
+        assert images.shape == (64, 16, 16, 1)
+        np.testing.assert_array_equal(labels.sum(axis=1), 1)
+    images = np.concatenate([x for x, _ in train_batches])
+    # Standardized with the training split's statistics.
+    assert abs(images.mean()) < 0.05 and abs(images.std() - 1) < 0.05
+    test = _batches(data.test)
+    assert [len(x) for x, _ in test] == [64] * 5 + [40]
+    counts = np.concatenate([y for _, y in test]).sum(axis=0)
+    assert counts.min() >= 35 and counts.max() <= 37  # stratified
+
+
+def test_digits_image_size_and_validation_on_test():
+    data = _load(dataset="digits", image_size=8, validation_size=0,
+                 batch_size=100)
+    assert data.input_shape == (8, 8, 1)
+    assert data.validation_is_test and data.train_size == 1437
+    val = np.concatenate([x for x, _ in _batches(data.validation)])
+    test = np.concatenate([x for x, _ in _batches(data.test)])
+    np.testing.assert_array_equal(val, test)
+
+
+def test_cifar10_pipeline_against_mock_data():
+    with tfds.testing.mock_data(num_examples=100):
+        data = _load(dataset="cifar10", validation_size=20, batch_size=16,
+                     flip=True, pad_crop=4, cutout=16, randaugment=(1, 6))
+        assert data.input_shape == (32, 32, 3) and data.num_classes == 10
+        assert (data.train_size, data.validation_size, data.test_size) == (
+            80, 20, 100)
+        train_batches = _batches(data.train)
+        val = _batches(data.validation)
+    assert data.steps_per_epoch == 5 and len(train_batches) == 5
+    for images, labels in train_batches:
+        assert images.shape == (16, 32, 32, 3) and labels.shape == (16, 10)
+    # Cutout: each image has a zero square (16 x 16 unless clipped).
+    zeros = [np.all(x == 0, axis=-1).sum() for x, _ in train_batches]
+    assert min(zeros) >= 16 * 16 * 16 // 4
+    assert sum(len(x) for x, _ in val) == 20
+
+
+def test_mnist_pipeline_validates_on_test():
+    with tfds.testing.mock_data(num_examples=40):
+        data = _load(dataset="mnist", validation_size=0, batch_size=16)
+        batches = _batches(data.train)
+    assert data.input_shape == (28, 28, 1) and data.validation_is_test
+    assert len(batches) == data.steps_per_epoch == 2
+
+
+def test_imagenet_crops_against_mock_data():
+    with tfds.testing.mock_data(num_examples=8):
+        data = _load(dataset="imagenet2012", manual_dir="/nonexistent",
+                     image_size=32, batch_size=4, mixup=0.2)
+        images, labels = _batches(data.train)[0]
+        test_images, _ = _batches(data.test)[0]
+    assert data.num_classes == 1000
+    assert images.shape == (4, 32, 32, 3) == test_images.shape
+    np.testing.assert_allclose(labels.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_imagenet_needs_manual_dir(tmp_path):
+    with pytest.raises(DatasetUnavailableError, match="--manual-dir"):
+        _load(dataset="imagenet2012", data_dir=str(tmp_path))
+
+
+def test_missing_data_set_without_download(tmp_path):
+    with pytest.raises(DatasetUnavailableError) as info:
+        _load(dataset="cifar10", data_dir=str(tmp_path), download=False)
+    assert f"--data-dir {tmp_path}" in str(info.value)
+    assert str(info.value).endswith(f"Received: data_dir='{tmp_path}'")
+
+
+def test_failed_download_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    def refuse(self, *args, **kwargs):
+        raise ConnectionError("Failed to establish a new connection\nmore")
+
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder, "download_and_prepare", refuse
+    )
+    with pytest.raises(SystemExit) as info:
+        train.main(["--dataset", "cifar100", "--data-dir", str(tmp_path),
+                    "--run-dir", str(tmp_path / "run")])
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert f"--data-dir {tmp_path}" in error
+    assert "ConnectionError: Failed to establish a new connection" in error
+
+
+def test_batch_larger_than_training_split():
+    with pytest.raises(ValueError, match="Received: batch_size=2000"):
+        _load(dataset="digits", batch_size=2000)
+    with pytest.raises(ValueError, match="Received: validation_size=1437"):
+        _load(dataset="digits", validation_size=1437)
+
+
+def test_dataset_defaults():
+    assert set(data_lib.DATASET_DEFAULTS) == {
+        "digits", "mnist", "cifar10", "cifar100", "imagenet2012"}
+    config = resolve_data_fields(Config(dataset="cifar100"))
+    assert (config.image_size, config.validation_size) == (32, 5000)
