@@ -1,0 +1,453 @@
+"""The reproduction report behind `make reproduce`: `docs/results.md`.
+
+Three checks of the paper, offline on two CPU cores:
+
+1. Section 2.2's worked example, computed with the package's
+   `GhostNormalization` and Keras' `BatchNormalization`, next to the
+   values the paper prints.
+2. BatchNorm, GhostNorm and SeqNorm trained on `digits` over several seeds
+   (`keras-seqnorm compare`), mean and standard deviation.
+3. The loss landscape of Section 3.1 (`keras-seqnorm landscape`) for no
+   norm, BatchNorm and GhostNorm, as a figure.
+
+`python -m keras_seqnorm.analysis.report --run-dir runs/reproduce
+--out docs/results.md`
+"""
+
+import argparse
+import json
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+
+from keras_seqnorm.layers import GhostNormalization
+
+# Section 2.2: the tuple X and the outputs the paper prints (as printed).
+PAPER_X = (35, 39, 30, 4, 38, 26, 27, 19)
+PAPER_BATCH_NORM = ("0.7", "1.1", "0.3", "-2.2", "1.0", "-0.1", "-0.02",
+                    "-0.8")
+PAPER_GHOST_NORM = ("0.6", "0.9", "0.2", "-1.7", "1.5", "-0.2", "-0.07",
+                    "-1.2")
+# The paper's code is PyTorch, whose BatchNorm epsilon is 1e-5.
+PAPER_EPSILON = 1e-5
+
+
+def _matches(value, printed):
+    """`value` rounds to `printed` at the precision `printed` shows."""
+    decimals = len(printed.split(".")[1]) if "." in printed else 0
+    return abs(value - float(printed)) <= 0.5 * 10.0 ** -decimals + 1e-9
+
+
+def section_2_2_example():
+    """Section 2.2's example through the real layers.
+
+    Returns:
+        A dict with `x`, `batch_norm` (Keras `BatchNormalization`),
+        `ghost_norm_1` (`GhostNormalization(groups_m=1)`), `ghost_norm_2`
+        (`groups_m=2`), all in training mode with `epsilon=1e-5`, the
+        paper's printed values and per-value `*_match` flags.
+    """
+    x = np.asarray(PAPER_X, "float32").reshape(-1, 1)
+
+    def run(layer):
+        return [
+            float(v) for v in
+            keras.ops.convert_to_numpy(layer(x, training=True)).ravel()
+        ]
+
+    result = {
+        "x": list(PAPER_X),
+        "batch_norm": run(
+            keras.layers.BatchNormalization(epsilon=PAPER_EPSILON)
+        ),
+        "ghost_norm_1": run(
+            GhostNormalization(groups_m=1, epsilon=PAPER_EPSILON)
+        ),
+        "ghost_norm_2": run(
+            GhostNormalization(groups_m=2, epsilon=PAPER_EPSILON)
+        ),
+        "paper_batch_norm": list(PAPER_BATCH_NORM),
+        "paper_ghost_norm": list(PAPER_GHOST_NORM),
+    }
+    result["batch_norm_match"] = [
+        _matches(v, p) for v, p in zip(result["batch_norm"], PAPER_BATCH_NORM)
+    ]
+    result["ghost_norm_match"] = [
+        _matches(v, p)
+        for v, p in zip(result["ghost_norm_2"], PAPER_GHOST_NORM)
+    ]
+    return result
+
+
+def _ranks(values):
+    return list(np.argsort(np.argsort(values)))
+
+
+def format_section_2_2(example):
+    """Markdown for the Section 2.2 example."""
+    lines = [
+        "| i | x | BatchNorm (Keras) | paper | GhostNorm G_M=1 | "
+        "GhostNorm G_M=2 | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, x in enumerate(example["x"]):
+        lines.append(
+            f"| {i + 1} | {x} | {example['batch_norm'][i]:.4f} | "
+            f"{example['paper_batch_norm'][i]} | "
+            f"{example['ghost_norm_1'][i]:.4f} | "
+            f"{example['ghost_norm_2'][i]:.4f} | "
+            f"{example['paper_ghost_norm'][i]} |"
+        )
+    batch = example["batch_norm"]
+    ghost = example["ghost_norm_2"]
+    same_as_bn = np.allclose(example["ghost_norm_1"], batch, atol=1e-5)
+    bn_ok = all(example["batch_norm_match"])
+    ghost_ok = all(example["ghost_norm_match"])
+    kept = _ranks(batch) == _ranks(example["x"])
+    lines += [
+        "",
+        f"- BatchNorm matches the paper at its printed precision: "
+        f"**{'yes' if bn_ok else 'no'}** "
+        f"({sum(example['batch_norm_match'])}/8 values).",
+        f"- GhostNorm (G_M=2) matches the paper at its printed precision: "
+        f"**{'yes' if ghost_ok else 'no'}** "
+        f"({sum(example['ghost_norm_match'])}/8 values).",
+        f"- GhostNorm with G_M=1 equals Keras BatchNormalization: "
+        f"**{'yes' if same_as_bn else 'no'}**.",
+        f"- BatchNorm keeps the ranking of X (Equation 4): "
+        f"**{'yes' if kept else 'no'}**; GhostNorm reorders the 2nd and "
+        f"5th values: x2 = 39 > x5 = 38, but "
+        f"{ghost[1]:.3f} {'<' if ghost[1] < ghost[4] else '>='} "
+        f"{ghost[4]:.3f} "
+        f"(**{'yes' if ghost[1] < ghost[4] else 'no'}**, as in the paper).",
+    ]
+    return "\n".join(lines)
+
+
+# The recipes of the report: small enough for two CPU cores.
+COMPARE_FLAGS = (
+    "--dataset", "digits", "--model", "simplecnn", "--groups-m", "8",
+    "--groups-c", "4",
+)
+# Appendix B.1's MNIST recipe (SimpleNet, learning rate 0.4, constant, no
+# momentum) on digits; batch 64 with G_M = 8 normalizes over 8 samples, as
+# the paper's best MNIST GhostNorm (G_M = 64 of 512, Appendix B.3).
+LANDSCAPE_FLAGS = (
+    "--preset", "mnist-simplenet", "--dataset", "digits", "--batch-size",
+    "64", "--groups-m", "8",
+)
+LANDSCAPE_NORMS = ("none", "batch", "ghost")
+COMPARE_NORMS = ("batch", "ghost", "sequential")
+
+
+def _percent(mean, std):
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def format_compare(comparison):
+    """Markdown table of a `compare` result and what it says."""
+    summary = comparison["summary"]
+    lines = [
+        "| norm | groups | runs | validation accuracy (%) | "
+        "test accuracy (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for norm, row in summary.items():
+        lines.append(
+            f"| {norm} | {row['groups']} | {row['runs']} | "
+            f"{_percent(row['val_accuracy_mean'], row['val_accuracy_std'])}"
+            f" | "
+            f"{_percent(row['test_accuracy_mean'], row['test_accuracy_std'])}"
+            " |"
+        )
+    test = {
+        norm: (row["test_accuracy_mean"], row["test_accuracy_std"])
+        for norm, row in summary.items()
+    }
+    order = sorted(test, key=lambda norm: -test[norm][0])
+    lines += ["", f"- Ranking by mean test accuracy: {' > '.join(order)} "
+              "(the paper: sequential > ghost > batch on CIFAR-10, "
+              "CIFAR-100 and ImageNet)."]
+    for norm in ("ghost", "sequential"):
+        if norm in test and "batch" in test:
+            gap = test[norm][0] - test["batch"][0]
+            noise = max(test[norm][1], test["batch"][1])
+            verdict = (
+                "larger than" if abs(gap) > noise else "within"
+            )
+            lines.append(
+                f"- {norm} − batch: {100 * gap:+.2f} points, {verdict} the "
+                f"larger standard deviation over seeds "
+                f"({100 * noise:.2f})."
+            )
+    return "\n".join(lines)
+
+
+def landscape_statistics(landscape, test_error):
+    """Per norm: mean band width of the loss and of the gradient
+    predictiveness over all probes, and the final test error."""
+    stats = {}
+    for norm, series in landscape["norms"].items():
+        stats[norm] = {
+            "loss_band": float(np.mean(
+                np.subtract(series["loss_max"], series["loss_min"])
+            )),
+            "grad_pred_max": float(np.mean(series["grad_pred_max"])),
+            "test_error": test_error[norm]["test_error"][-1],
+        }
+    return stats
+
+
+def format_landscape(stats):
+    """Markdown table of `landscape_statistics` and what it says."""
+    lines = [
+        "| norm | mean loss range (max − min) | mean max gradient change | "
+        "final test error (%) |",
+        "|---|---|---|---|",
+    ]
+    for norm, row in stats.items():
+        lines.append(
+            f"| {norm} | {row['loss_band']:.4f} | "
+            f"{row['grad_pred_max']:.4f} | {100 * row['test_error']:.2f} |"
+        )
+    if {"none", "batch", "ghost"} <= set(stats):
+        band = {norm: stats[norm]["loss_band"] for norm in stats}
+        rougher = band["ghost"] > band["batch"]
+        closer = abs(band["ghost"] - band["none"]) < abs(
+            band["batch"] - band["none"]
+        )
+        better = stats["ghost"]["test_error"] < stats["batch"]["test_error"]
+        lines += [
+            "",
+            f"- GhostNorm's loss landscape is less smooth than BatchNorm's "
+            f"(wider band): **{'yes' if rougher else 'no'}** (the paper: "
+            "yes, Section 3.1).",
+            f"- GhostNorm's band is closer to the baseline's than "
+            f"BatchNorm's: **{'yes' if closer else 'no'}** (the paper: yes "
+            "on MNIST, Figure 2).",
+            f"- GhostNorm ends with a lower test error than BatchNorm: "
+            f"**{'yes' if better else 'no'}** (the paper: yes; one seed "
+            "here, so this is anecdotal).",
+        ]
+    return "\n".join(lines)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-seqnorm reproduce",
+        description="Write the reproduction report (docs/results.md).",
+    )
+    parser.add_argument(
+        "--run-dir", default=os.path.join("runs", "reproduce"),
+        help="Training runs; rerunning reuses the finished ones "
+        "(default: runs/reproduce).",
+    )
+    parser.add_argument(
+        "--out", default=os.path.join("docs", "results.md"),
+        help="The report; its figures go next to it "
+        "(default: docs/results.md).",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=5,
+        help="Seeds per norm of the comparison (default: 5).",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=20,
+        help="Epochs of the comparison runs (default: 20).",
+    )
+    parser.add_argument(
+        "--landscape-epochs", type=int, default=10,
+        help="Epochs of the landscape runs (default: 10).",
+    )
+    return parser
+
+
+def main(argv=None):
+    """`python -m keras_seqnorm.analysis.report --run-dir DIR --out FILE`.
+
+    Returns:
+        A dict with `section_2_2`, `compare`, `landscape` (its statistics),
+        `figures` and `seconds`.
+    """
+    from keras_seqnorm.analysis import compare
+    from keras_seqnorm.analysis import landscape
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
+
+    example = section_2_2_example()
+    quiet = ("--verbose", "0")
+    comparison = compare.main([
+        *COMPARE_FLAGS, *quiet,
+        "--norms", ",".join(COMPARE_NORMS),
+        "--seeds", str(args.seeds),
+        "--epochs", str(args.epochs),
+        "--run-dir", os.path.join(args.run_dir, "compare"),
+    ])
+    probes = landscape.main([
+        *LANDSCAPE_FLAGS, *quiet,
+        "--epochs", str(args.landscape_epochs),
+        "--norms", ",".join(LANDSCAPE_NORMS),
+        "--run-dir", os.path.join(args.run_dir, "landscape"),
+    ])
+    figures = {}
+    for name, source in (("landscape", probes["figure"]),
+                         ("compare", comparison["figure"])):
+        figures[name] = os.path.join(out_dir, f"results_{name}.png")
+        shutil.copyfile(source, figures[name])
+    stats = landscape_statistics(probes, probes["test_error"])
+    seconds = time.perf_counter() - start
+    text = TEMPLATE.format(
+        section_2_2=format_section_2_2(example),
+        compare_command=" ".join(
+            [*COMPARE_FLAGS, "--seeds", str(args.seeds), "--epochs",
+             str(args.epochs)]
+        ),
+        compare_recipe=_recipe(comparison["runs"][0]["run_dir"]),
+        seeds=args.seeds,
+        compare=format_compare(comparison),
+        compare_figure=os.path.basename(figures["compare"]),
+        landscape_command=" ".join(
+            [*LANDSCAPE_FLAGS, "--epochs", str(args.landscape_epochs)]
+        ),
+        landscape_recipe=_recipe(
+            os.path.join(args.run_dir, "landscape", LANDSCAPE_NORMS[-1])
+        ),
+        landscape=format_landscape(stats),
+        landscape_figure=os.path.basename(figures["landscape"]),
+        verdict=format_verdict(example),
+        minutes=seconds / 60,
+        versions=_versions(),
+    )
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(f"wrote {args.out} ({seconds / 60:.1f} minutes)")
+    return {
+        "section_2_2": example,
+        "compare": comparison["summary"],
+        "landscape": stats,
+        "figures": figures,
+        "seconds": seconds,
+    }
+
+
+def _recipe(run_dir):
+    """One line describing the training recipe of a finished run."""
+    with open(os.path.join(run_dir, "results.json")) as f:
+        results = json.load(f)
+    c, data = results["config"], results["data"]
+    momentum = (
+        f"momentum {c['momentum']}" + (" (Nesterov)" if c["nesterov"] else "")
+        if c["momentum"] else "no momentum"
+    )
+    return (
+        f"{c['model']}, {c['epochs']} epochs of batch {c['batch_size']}, "
+        f"SGD with learning rate {c['learning_rate']} ({c['schedule']} "
+        f"schedule), {momentum}, weight decay {c['weight_decay']}; "
+        f"{data['train_size']} training, {data['validation_size']} "
+        f"validation{' (= test)' if data['validation_is_test'] else ''} and "
+        f"{data['test_size']} test images of {c['image_size']}x"
+        f"{c['image_size']}"
+    )
+
+
+def format_verdict(example):
+    """The closing bullet on Section 2.2, from the computed example."""
+    exact = (
+        all(example["batch_norm_match"]) and all(example["ghost_norm_match"])
+    )
+    if exact:
+        return (
+            "- **Matches:** the Section 2.2 example. Keras "
+            "BatchNormalization gives the paper's BatchNorm values and "
+            "`GhostNormalization(groups_m=2)` its GhostNorm values at the "
+            "printed precision, including the swapped order of the 2nd "
+            "and 5th values (section 1)."
+        )
+    return (
+        "- **Does not match:** the Section 2.2 example; see the values "
+        "marked in section 1."
+    )
+
+
+def _versions():
+    import platform
+
+    return (
+        f"keras {keras.__version__}, backend {keras.backend.backend()}, "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs"
+    )
+
+
+TEMPLATE = """\
+# Reproduction report
+
+Written by `make reproduce` (`python -m keras_seqnorm.analysis.report`) in
+{minutes:.1f} minutes ({versions}; a rerun reuses the finished training
+runs in its `--run-dir`). Everything here runs offline on
+scikit-learn's bundled 8x8 `digits` (1,797 images), not on the paper's
+MNIST, CIFAR or ImageNet: it checks that the package computes what the
+paper describes and whether the paper's qualitative claims show up on a
+small problem, not the paper's accuracies.
+
+## 1. The worked example of Section 2.2
+
+X = (35, 39, 30, 4, 38, 26, 27, 19) as a batch of 8 samples with one
+channel, through Keras `BatchNormalization` and this package's
+`GhostNormalization` in training mode, epsilon 1e-5 (PyTorch's, the
+paper's framework). "paper" is the value the paper prints; a value matches
+when it rounds to the printed digits.
+
+{section_2_2}
+
+## 2. BatchNorm vs GhostNorm vs SeqNorm on digits
+
+`keras-seqnorm compare {compare_command}`: {compare_recipe}. {seeds}
+seeds per norm; GhostNorm and SeqNorm with G_M = 8 (8 samples per ghost
+batch of 64, as the paper's 64 of 512 on CIFAR) and SeqNorm with G_C = 4
+(the paper's CIFAR-100 choice). Mean ± sample standard deviation over
+seeds of the final epoch's accuracies.
+
+{compare}
+
+![validation accuracy per epoch]({compare_figure})
+
+## 3. The loss landscape (Section 3.1, Appendix B)
+
+`keras-seqnorm landscape {landscape_command} --norms none,batch,ghost`:
+Appendix B.1's SimpleNet (hidden layers of 512 and 300 units, the images
+flattened): {landscape_recipe}; GhostNorm with G_M = 8, 8 samples per ghost
+batch as the paper's best MNIST model (G_M = 64 of 512). Before every
+training step the loss is evaluated on the step's batch at
+theta − eta·g for eta = 0.1, 0.2, ..., 0.8 (Appendix B.2); the bands span
+the minimum to the maximum, as in the paper's Figures 2 and A3. Gradient
+predictiveness is ||g(theta) − g(theta − eta·g)||₂. One seed per norm.
+
+![loss landscape]({landscape_figure})
+
+{landscape}
+
+## What matches the paper and what does not
+
+{verdict}
+- **Checked qualitatively:** the loss-landscape claims of Section 3.1 and
+  the ranking of the norms, with the verdicts in sections 2 and 3 above,
+  computed from this run. Digits is small (1,257 training images) and easy
+  (near 99% test accuracy), so differences between the norms of a few
+  tenths of a point are within the spread over seeds, and one landscape
+  run per norm is anecdotal.
+- **Not reproduced:** the paper's accuracies (Tables 1 and 2: CIFAR-10,
+  CIFAR-100 and ImageNet with WRN-28-10 and ResNet-18), the CIFAR-10
+  ResNet-56 landscape (Figure 3), and the G_M sweeps of Appendix B.3. They
+  need the data sets and GPUs; the presets `cifar100-wrn28-10`,
+  `cifar10-wrn28-10`, `cifar10-resnet56-superconvergence`,
+  `mnist-simplenet` and `imagenet-resnet18` and the commands `compare`,
+  `landscape` (`--relative` for the cyclical schedules) and `tune` run
+  them.
+"""

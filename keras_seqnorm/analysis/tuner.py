@@ -1,0 +1,478 @@
+"""Tune SeqNorm's G_M and G_C with the paper's sequential strategy.
+
+Section 3.2.1 of the paper: "first tuning G_M, then selecting the largest
+g_M for which the network performs well (amongst similarly performing
+models, select the one with the lowest variance), and finally tuning G_C
+with g_M", `|G_M| + |G_C|` trials instead of the grid's `|G_M| x |G_C|`.
+
+`keras-seqnorm tune [train flags] --groups-m 1,2,4,8 --groups-c 1,2,4,8
+--search sequential|grid --run-dir DIR` runs the search on KerasTuner
+(`DIR/keras_tuner/`, resumed when rerun), writes `DIR/tune.json` and prints
+a table. Each trial trains one model per seed and scores the mean
+validation accuracy.
+"""
+
+import argparse
+import json
+import os
+
+import keras_tuner
+import numpy as np
+
+GHOST = "ghost"
+SEQUENTIAL = "sequential"
+SEARCHES = ("sequential", "grid")
+OBJECTIVE = "val_accuracy"
+_DONE = (
+    keras_tuner.engine.trial.TrialStatus.COMPLETED,
+    keras_tuner.engine.trial.TrialStatus.FAILED,
+)
+
+
+def _check_groups(name, values):
+    values = list(values)
+    if (
+        not values
+        or len(set(values)) != len(values)
+        or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            for v in values
+        )
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be a non-empty list of distinct "
+            f"positive integers. Received: {name}={values}"
+        )
+    return values
+
+
+def select_groups_m(results, tolerance):
+    """The paper's G_M rule: the largest G_M that performs well.
+
+    Args:
+        results: List of dicts with `groups_m`, `val_accuracy` (mean over
+            seeds) and `val_accuracy_std` (over seeds).
+        tolerance: A G_M performs well when its accuracy is at least the
+            best accuracy minus `tolerance` (accuracy as a fraction, so
+            `0.005` is half a percentage point).
+
+    Returns:
+        The selected dict. Among the G_M that perform well the largest wins;
+        equal G_M (repeated trials) fall to the lowest variance.
+    """
+    best = max(r[OBJECTIVE] for r in results)
+    near = [r for r in results if r[OBJECTIVE] >= best - tolerance]
+    return max(near, key=lambda r: (r["groups_m"], -r["val_accuracy_std"]))
+
+
+def select_best(results):
+    """The highest mean accuracy; ties fall to the lowest variance."""
+    return max(results, key=lambda r: (r[OBJECTIVE], -r["val_accuracy_std"]))
+
+
+class SequentialNormOracle(keras_tuner.Oracle):
+    """A KerasTuner oracle for GhostNorm's G_M and SeqNorm's G_C.
+
+    With `search="sequential"` it first proposes GhostNorm with each
+    `groups_m`; once they are done it selects G_M with `select_groups_m`
+    and proposes SeqNorm with that G_M and each `groups_c`:
+    `len(groups_m) + len(groups_c)` trials. With `search="grid"` it
+    proposes SeqNorm with every `(groups_m, groups_c)`:
+    `len(groups_m) * len(groups_c)` trials. Trials are proposed in a fixed
+    order and derived from the trials already recorded, so a reloaded
+    search proposes only what is missing.
+
+    Args:
+        groups_m: List of G_M values. Defaults to `(1, 2, 4, 8)`.
+        groups_c: List of G_C values. Defaults to `(1, 2, 4, 8)`.
+        search: `"sequential"` or `"grid"`. Defaults to `"sequential"`.
+        tolerance: See `select_groups_m`. Defaults to `0.005`.
+        **kwargs: Passed to `keras_tuner.Oracle`.
+    """
+
+    def __init__(self, groups_m=(1, 2, 4, 8), groups_c=(1, 2, 4, 8),
+                 search="sequential", tolerance=0.005, **kwargs):
+        groups_m = _check_groups("groups_m", groups_m)
+        groups_c = _check_groups("groups_c", groups_c)
+        if search not in SEARCHES:
+            raise ValueError(
+                f"Argument `search` must be one of {SEARCHES}. "
+                f"Received: search={search!r}"
+            )
+        if not tolerance >= 0:
+            raise ValueError(
+                "Argument `tolerance` must be non-negative. "
+                f"Received: tolerance={tolerance}"
+            )
+        hp = keras_tuner.HyperParameters()
+        hp.Choice("norm", [GHOST, SEQUENTIAL])
+        hp.Choice("groups_m", groups_m)
+        with hp.conditional_scope("norm", [SEQUENTIAL]):
+            hp.Choice("groups_c", groups_c)
+        if search == "grid":
+            max_trials = len(groups_m) * len(groups_c)
+        else:
+            max_trials = len(groups_m) + len(groups_c)
+        super().__init__(
+            objective=keras_tuner.Objective(OBJECTIVE, "max"),
+            max_trials=max_trials,
+            hyperparameters=hp,
+            allow_new_entries=False,
+            tune_new_entries=False,
+            **kwargs,
+        )
+        self.groups_m = groups_m
+        self.groups_c = groups_c
+        self.search = search
+        self.tolerance = tolerance
+
+    def results(self, norm):
+        """Completed trials of `norm` as dicts, in trial order."""
+        return [
+            trial_result(t) for _, t in sorted(self.trials.items())
+            if t.status == keras_tuner.engine.trial.TrialStatus.COMPLETED
+            and t.hyperparameters.values["norm"] == norm
+        ]
+
+    def selected_groups_m(self):
+        """The G_M picked from the GhostNorm trials, or `None` while they
+        run (or if none completed)."""
+        ghost = [
+            t for t in self.trials.values()
+            if t.hyperparameters.values["norm"] == GHOST
+        ]
+        if len(ghost) < len(self.groups_m) or any(
+            t.status not in _DONE for t in ghost
+        ):
+            return None
+        results = self.results(GHOST)
+        if not results:
+            return None
+        return select_groups_m(results, self.tolerance)["groups_m"]
+
+    def _planned(self):
+        if self.search == "grid":
+            return [
+                {"norm": SEQUENTIAL, "groups_m": m, "groups_c": c}
+                for m in self.groups_m for c in self.groups_c
+            ]
+        plan = [{"norm": GHOST, "groups_m": m} for m in self.groups_m]
+        chosen = self.selected_groups_m()
+        if chosen is not None:
+            plan += [
+                {"norm": SEQUENTIAL, "groups_m": chosen, "groups_c": c}
+                for c in self.groups_c
+            ]
+        return plan
+
+    def populate_space(self, trial_id):
+        # One worker runs one trial at a time, so when a trial is asked for
+        # every earlier one is done and the plan is final.
+        seen = [t.hyperparameters.values for t in self.trials.values()]
+        for values in self._planned():
+            if values not in seen:
+                return {
+                    "status": keras_tuner.engine.trial.TrialStatus.RUNNING,
+                    "values": values,
+                }
+        return {"status": keras_tuner.engine.trial.TrialStatus.STOPPED}
+
+
+def trial_result(trial):
+    """One trial as a flat dict: hyperparameters and metrics."""
+    values = trial.hyperparameters.values
+    result = {
+        "trial_id": trial.trial_id,
+        "norm": values["norm"],
+        "groups_m": values["groups_m"],
+        "groups_c": values.get("groups_c"),
+        "status": trial.status,
+    }
+    for name in (OBJECTIVE, "val_accuracy_std"):
+        if trial.metrics.exists(name):
+            result[name] = float(trial.metrics.get_last_value(name))
+    return result
+
+
+class NormTuner(keras_tuner.Tuner):
+    """Runs each trial as one training run per seed.
+
+    Args:
+        oracle: A `SequentialNormOracle`.
+        objective_fn: Callable `(values, seed, run_dir) -> float`, the
+            validation accuracy of one training run, where `values` holds
+            `norm`, `groups_m` and (for SeqNorm) `groups_c`.
+        seeds: Sequence of integer seeds run per trial.
+        **kwargs: Passed to `keras_tuner.Tuner` (`directory`,
+            `project_name`, `overwrite`).
+    """
+
+    def __init__(self, oracle, objective_fn, seeds=(0,), **kwargs):
+        super().__init__(oracle, **kwargs)
+        self.objective_fn = objective_fn
+        self.seeds = tuple(seeds)
+
+    def run_trial(self, trial, *args, **kwargs):
+        values = dict(trial.hyperparameters.values)
+        trial_dir = self.get_trial_dir(trial.trial_id)
+        scores = [
+            float(self.objective_fn(
+                values, seed, os.path.join(trial_dir, f"seed_{seed}")
+            ))
+            for seed in self.seeds
+        ]
+        with open(os.path.join(trial_dir, "seeds.json"), "w") as f:
+            json.dump({"seeds": list(self.seeds), OBJECTIVE: scores}, f)
+        return {
+            OBJECTIVE: float(np.mean(scores)),
+            # Sample standard deviation, as `keras-seqnorm compare`.
+            "val_accuracy_std": (
+                float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
+            ),
+        }
+
+    def summary(self):
+        """`{"trials": [...], "best": {...}}` for `tune.json`."""
+        trials = []
+        for _, trial in sorted(self.oracle.trials.items()):
+            result = trial_result(trial)
+            path = os.path.join(
+                self.get_trial_dir(trial.trial_id), "seeds.json"
+            )
+            if os.path.exists(path):
+                with open(path) as f:
+                    per_seed = json.load(f)
+                result["seeds"] = per_seed["seeds"]
+                result["val_accuracy_per_seed"] = per_seed[OBJECTIVE]
+            trials.append(result)
+        oracle = self.oracle
+        seqnorm = oracle.results(SEQUENTIAL)
+        summary = {
+            "search": oracle.search,
+            "tolerance": oracle.tolerance,
+            "trials": trials,
+            "best": select_best(seqnorm) if seqnorm else None,
+        }
+        if oracle.search == "sequential":
+            summary["selected_groups_m"] = oracle.selected_groups_m()
+        return summary
+
+
+def format_table(summary):
+    """The trials of a `summary` as a plain-text table, best marked."""
+    best = summary["best"] or {}
+    lines = [
+        f"{'trial':>5}  {'norm':<10} {'G_M':>4} {'G_C':>4}  "
+        f"{'val_accuracy':>12} {'std':>7}  status",
+    ]
+    for t in summary["trials"]:
+        accuracy = t.get(OBJECTIVE)
+        mark = " *" if t["trial_id"] == best.get("trial_id") else ""
+        lines.append(
+            f"{t['trial_id']:>5}  {t['norm']:<10} {t['groups_m']:>4} "
+            f"{'-' if t['groups_c'] is None else t['groups_c']:>4}  "
+            + (
+                f"{accuracy:>12.4f} {t['val_accuracy_std']:>7.4f}"
+                if accuracy is not None else f"{'-':>12} {'-':>7}"
+            )
+            + f"  {t['status']}{mark}"
+        )
+    return "\n".join(lines)
+
+
+def tune(objective_fn, run_dir, groups_m=(1, 2, 4, 8), groups_c=(1, 2, 4, 8),
+         search="sequential", tolerance=0.005, seeds=(0,), settings=None,
+         overwrite=False, verbose=0):
+    """Runs (or resumes) a search and writes `run_dir/tune.json`.
+
+    The KerasTuner project lives in `run_dir/keras_tuner/`; rerunning with
+    `overwrite=False` reloads it, skips the completed trials and reruns an
+    interrupted one.
+
+    Args:
+        objective_fn: See `NormTuner`.
+        run_dir: Output folder.
+        groups_m: List of G_M values. Defaults to `(1, 2, 4, 8)`.
+        groups_c: List of G_C values. Defaults to `(1, 2, 4, 8)`.
+        search: `"sequential"` or `"grid"`. Defaults to `"sequential"`.
+        tolerance: See `select_groups_m`. Defaults to `0.005`.
+        seeds: Seeds trained per trial. Defaults to `(0,)`.
+        settings: Optional JSON-able dict (e.g. the training config) that a
+            resumed search must match. Defaults to `None`.
+        overwrite: Start afresh, discarding an earlier search. Defaults to
+            `False`.
+        verbose: KerasTuner's verbosity. Defaults to `0`.
+
+    Returns:
+        The summary written to `tune.json`: `search`, `tolerance`,
+        `trials` (one dict per trial: `trial_id`, `norm`, `groups_m`,
+        `groups_c`, `status`, `val_accuracy`, `val_accuracy_std`, `seeds`,
+        `val_accuracy_per_seed`), `best` (the best SeqNorm trial) and, for
+        the sequential search, `selected_groups_m`.
+    """
+    seeds = [int(seed) for seed in seeds]
+    oracle = SequentialNormOracle(
+        groups_m=groups_m, groups_c=groups_c, search=search,
+        tolerance=tolerance,
+    )
+    os.makedirs(run_dir, exist_ok=True)
+    expected = {
+        "groups_m": oracle.groups_m,
+        "groups_c": oracle.groups_c,
+        "search": search,
+        "tolerance": tolerance,
+        "seeds": seeds,
+        "settings": settings,
+    }
+    settings_path = os.path.join(run_dir, "tune_settings.json")
+    if not overwrite and os.path.exists(settings_path):
+        with open(settings_path) as f:
+            found = json.load(f)
+        if found != json.loads(json.dumps(expected)):
+            raise ValueError(
+                "Argument `run_dir` holds a search with other settings "
+                f"({found}, not {expected}): pass `overwrite=True` "
+                "(`--overwrite`) or use another run directory. "
+                f"Received: run_dir={run_dir!r}"
+            )
+    with open(settings_path, "w") as f:
+        json.dump(expected, f, indent=2)
+    tuner = NormTuner(
+        oracle,
+        objective_fn,
+        seeds=seeds,
+        directory=run_dir,
+        project_name="keras_tuner",
+        overwrite=overwrite,
+    )
+    tuner.search(verbose=verbose)
+    summary = tuner.summary()
+    with open(os.path.join(run_dir, "tune.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(format_table(summary))
+    return summary
+
+
+def _ints(text):
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers separated by commas (e.g. 1,2,4,8). "
+            f"Received: {text!r}"
+        ) from None
+
+
+def build_parser():
+    """The flags of `keras-seqnorm train` (but those a trial sets: `--norm`,
+    `--groups-m`, `--groups-c`, `--seed`, `--run-dir`) plus the tuner's."""
+    from keras_seqnorm.training.config import build_parser as train_parser
+
+    parser = train_parser(
+        prog="keras-seqnorm tune",
+        description=__doc__.split("\n")[0],
+        exclude=("norm", "groups_m", "groups_c", "seed", "run_dir"),
+    )
+    group = parser.add_argument_group("tuning")
+    group.add_argument(
+        "--groups-m", dest="tune_groups_m", type=_ints, default=[1, 2, 4, 8],
+        metavar="LIST",
+        help="G_M values (default: 1,2,4,8).",
+    )
+    group.add_argument(
+        "--groups-c", dest="tune_groups_c", type=_ints, default=[1, 2, 4, 8],
+        metavar="LIST",
+        help="G_C values (default: 1,2,4,8).",
+    )
+    group.add_argument(
+        "--search", choices=SEARCHES, default="sequential",
+        help="sequential: GhostNorm over G_M, then SeqNorm over G_C at the "
+        "selected G_M (|G_M| + |G_C| trials); grid: SeqNorm over every "
+        "pair (|G_M| x |G_C|). Default: sequential.",
+    )
+    group.add_argument(
+        "--tolerance", type=float, default=0.005,
+        help="A G_M performs well within this much validation accuracy "
+        "(a fraction) of the best; the largest such G_M is selected "
+        "(default: 0.005).",
+    )
+    group.add_argument(
+        "--seeds", type=int, default=1, metavar="N",
+        help="Training runs per trial, seeds 0..N-1; the trial scores "
+        "their mean validation accuracy (default: 1).",
+    )
+    group.add_argument(
+        "--run-dir", dest="tune_dir", default="runs/tune", metavar="DIR",
+        help="Output directory: tune.json, tune_settings.json and the "
+        "KerasTuner project keras_tuner/ with each trial's training runs "
+        "(default: runs/tune). Rerun the command to resume.",
+    )
+    group.add_argument(
+        "--overwrite", action=argparse.BooleanOptionalAction, default=False,
+        help="Discard an earlier search in --run-dir instead of resuming.",
+    )
+    return parser
+
+
+def main(argv=None):
+    """`keras-seqnorm tune [train flags] --groups-m ... --groups-c ...
+    --search sequential|grid --run-dir DIR`.
+
+    Returns:
+        The summary written to `DIR/tune.json` (see `tune`).
+    """
+    from keras_seqnorm.training import train
+    from keras_seqnorm.training.config import ConfigError
+    from keras_seqnorm.training.config import config_from_namespace
+    from keras_seqnorm.training.data import resolve_data_fields
+
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    if namespace.seeds < 1:
+        parser.error(
+            "Argument `seeds` must be a positive integer. "
+            f"Received: seeds={namespace.seeds}"
+        )
+
+    def config_of(values, seed, run_dir):
+        return config_from_namespace(
+            namespace,
+            norm=values["norm"],
+            groups_m=values["groups_m"],
+            groups_c=values.get("groups_c"),
+            seed=seed,
+            run_dir=run_dir,
+        )
+
+    def objective(values, seed, run_dir):
+        results = train.run(config_of(values, seed, run_dir))
+        return results["final"][OBJECTIVE]
+
+    try:
+        probe = resolve_data_fields(
+            config_of({"norm": GHOST, "groups_m": 1}, 0, namespace.tune_dir)
+        )
+        if probe.validation_size == 0:
+            raise ConfigError(
+                "Argument `validation_size` must be positive to tune: with "
+                "0 the trials would be scored on the test split. "
+                "Received: validation_size=0"
+            )
+        flags = {
+            key: value for key, value in vars(namespace).items()
+            if key not in ("verbose", "overwrite", "tune_dir")
+        }
+        return tune(
+            objective,
+            namespace.tune_dir,
+            groups_m=namespace.tune_groups_m,
+            groups_c=namespace.tune_groups_c,
+            search=namespace.search,
+            tolerance=namespace.tolerance,
+            seeds=range(namespace.seeds),
+            settings={"flags": json.loads(json.dumps(flags))},
+            overwrite=namespace.overwrite,
+            verbose=getattr(namespace, "verbose", 1),
+        )
+    except ValueError as error:
+        parser.error(str(error))
