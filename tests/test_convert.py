@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from keras_seqnorm import convert_normalization
+from keras_seqnorm.layers import FittedGroupNormalization
 from keras_seqnorm.layers import GhostNormalization
+from keras_seqnorm.layers import IdentityNormalization
 from keras_seqnorm.layers import SequentialNormalization
-from keras_seqnorm.norms import FittedGroupNormalization
-from keras_seqnorm.norms import IdentityNormalization
 from tests.helpers import to_numpy
 
 BN = keras.layers.BatchNormalization

@@ -6,11 +6,11 @@ import pytest
 
 from keras_seqnorm import NORM_LAYERS
 from keras_seqnorm import get_norm_layer
+from keras_seqnorm.layers import FittedGroupNormalization
 from keras_seqnorm.layers import GhostNormalization
+from keras_seqnorm.layers import IdentityNormalization
 from keras_seqnorm.layers import NoisyBatchNormalization
 from keras_seqnorm.layers import SequentialNormalization
-from keras_seqnorm.norms import FittedGroupNormalization
-from keras_seqnorm.norms import IdentityNormalization
 from tests.helpers import group_norm_reference
 from tests.helpers import to_numpy
 

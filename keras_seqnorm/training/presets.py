@@ -18,6 +18,26 @@ over the same ghost batches as `G_M = 64` on one. In particular the paper's
 
 import types
 
+# Appendix C's CIFAR recipe, shared by CIFAR-10 and CIFAR-100.
+_CIFAR_WRN28_10 = {
+    "model": "wrn28_10",
+    "validation_size": 5000,
+    "flip": True,
+    "pad_crop": 4,
+    "cutout": 16,
+    "batch_size": 512,
+    "epochs": 200,
+    "learning_rate": 0.1,
+    "lr_reference_batch": 128,
+    "schedule": "cosine",
+    "warmup_epochs": 5.0,
+    "warmup_start": 0.25,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "weight_decay_on": "all",
+}
+
 PRESETS = types.MappingProxyType(
     {
         "cifar100-wrn28-10": {
@@ -28,25 +48,7 @@ PRESETS = types.MappingProxyType(
                 "learning rate 0.1 (per 128) warmed up 4x over 5 epochs, "
                 "then cosine."
             ),
-            "fields": {
-                "dataset": "cifar100",
-                "model": "wrn28_10",
-                "validation_size": 5000,
-                "flip": True,
-                "pad_crop": 4,
-                "cutout": 16,
-                "batch_size": 512,
-                "epochs": 200,
-                "learning_rate": 0.1,
-                "lr_reference_batch": 128,
-                "schedule": "cosine",
-                "warmup_epochs": 5.0,
-                "warmup_start": 0.25,
-                "momentum": 0.9,
-                "nesterov": True,
-                "weight_decay": 5e-4,
-                "weight_decay_on": "all",
-            },
+            "fields": {"dataset": "cifar100", **_CIFAR_WRN28_10},
             # Table 1: the best validation accuracy of each norm.
             "norm_groups": {
                 "ghost": {"groups_m": 8},
@@ -57,25 +59,7 @@ PRESETS = types.MappingProxyType(
             "description": (
                 "Appendix C: the CIFAR-100 recipe on CIFAR-10."
             ),
-            "fields": {
-                "dataset": "cifar10",
-                "model": "wrn28_10",
-                "validation_size": 5000,
-                "flip": True,
-                "pad_crop": 4,
-                "cutout": 16,
-                "batch_size": 512,
-                "epochs": 200,
-                "learning_rate": 0.1,
-                "lr_reference_batch": 128,
-                "schedule": "cosine",
-                "warmup_epochs": 5.0,
-                "warmup_start": 0.25,
-                "momentum": 0.9,
-                "nesterov": True,
-                "weight_decay": 5e-4,
-                "weight_decay_on": "all",
-            },
+            "fields": {"dataset": "cifar10", **_CIFAR_WRN28_10},
             # Section 3.2.2 and Table 2.
             "norm_groups": {
                 "ghost": {"groups_m": 4},

@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
+from keras_seqnorm.layers import IdentityNormalization
 from keras_seqnorm.models import SimpleNet
-from keras_seqnorm.norms import IdentityNormalization
 from tests.helpers import to_numpy
 
 
