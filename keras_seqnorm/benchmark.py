@@ -100,7 +100,9 @@ def _fwd_bwd_tensorflow(layer, x, dy):
         with tf.GradientTape() as tape:
             tape.watch(x)
             out = layer(x, training=True)
-        return tape.gradient(out, [x] + variables, output_gradients=dy)
+        # The output is returned too, so XLA cannot drop the forward pass.
+        return [out] + tape.gradient(out, [x] + variables,
+                                     output_gradients=dy)
 
     def run():
         return step(x, dy)
@@ -128,8 +130,9 @@ def _fwd_bwd_jax(layer, x, dy):
             )
             return out
 
-        _, vjp = jax.vjp(forward, trainable, x)
-        return vjp(dy)
+        out, vjp = jax.vjp(forward, trainable, x)
+        # The output is returned too, so XLA cannot drop the forward pass.
+        return out, vjp(dy)
 
     def run():
         return step(trainable, non_trainable, x, dy)
