@@ -37,7 +37,7 @@ bench: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) benchmarks/run.py
 
 reproduce: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm.analysis.report \
+	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm.cli reproduce \
 		--run-dir runs/reproduce --out docs/results.md
 
 clean:

@@ -1,4 +1,6 @@
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -25,3 +27,19 @@ def test_every_command_module_has_main_and_help(name, capsys):
         cli.main([name, "--help"])
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted({module for module, _ in cli.SUBCOMMANDS.values()}
+           | {"keras_seqnorm.train", "keras_seqnorm.cli"}),
+)
+def test_python_dash_m_runs_each_command(module):
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout

@@ -257,3 +257,7 @@ def main(argv=None):
         file.write("\n")
     print(f"wrote {os.path.join(root, RESULTS_FILE)} and {figure}")
     return comparison
+
+
+if __name__ == "__main__":
+    main()

@@ -498,3 +498,7 @@ def main(argv=None):
         "test_accuracy": accuracy,
         "figure": figure,
     }
+
+
+if __name__ == "__main__":
+    main()

@@ -451,3 +451,7 @@ predictiveness is ||g(theta) − g(theta − eta·g)||₂. One seed per norm.
   `landscape` (`--relative` for the cyclical schedules) and `tune` run
   them.
 """
+
+
+if __name__ == "__main__":
+    main()

@@ -476,3 +476,7 @@ def main(argv=None):
         )
     except ValueError as error:
         parser.error(str(error))
+
+
+if __name__ == "__main__":
+    main()

@@ -284,3 +284,7 @@ def main(argv=None):
         f"({os.path.join(results['run_dir'], RESULTS_FILE)})"
     )
     return results
+
+
+if __name__ == "__main__":
+    main()
