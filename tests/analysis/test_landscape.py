@@ -261,3 +261,22 @@ def test_landscape_command_rejects_bad_flags(capsys):
     with pytest.raises(SystemExit):
         landscape.main(["--every-n-steps", "0"])
     assert "Received: every_n_steps=0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_landscape_command_on_a_cifar_resnet(tmp_path):
+    # Issue 5: the tool works offline with the CIFAR ResNets too.
+    argv = [
+        "--model", "resnet20", "--epochs", "1", "--batch-size", "256",
+        "--learning-rate", "0.1", "--schedule", "constant", "--verbose", "0",
+        "--groups-m", "8", "--norms", "ghost", "--every-n-steps", "3",
+        "--etas", "0.05,0.1", "--run-dir", str(tmp_path),
+    ]
+    result = landscape.main(argv)
+    series = result["norms"]["ghost"]
+    # 1,437 training images, batch 256: steps 0..4, every 3rd probed.
+    assert series["step"] == [0, 3]
+    assert all(
+        low <= high for low, high in zip(series["loss_min"], series["loss_max"])
+    )
+    assert all(v >= 0 for v in series["grad_pred_min"])
