@@ -198,7 +198,62 @@ def _peak_memory():
     return None
 
 
-def bench_layers(shapes, dtypes, iters, samples, include_group=True):
+def paper_pytorch_seqnorm(x, gamma, beta, groups_c, groups_m, eps=1e-5):
+    """The paper's PyTorch SeqNorm: `F.group_norm`, then Figure A1's
+    GhostNorm, then the affine. `x` is `(M, C, F)`."""
+    import torch.nn.functional as F
+
+    x = F.group_norm(x, groups_c, eps=eps)
+    M, C, Fs = x.shape
+    x = x.reshape(groups_m, -1, C, Fs)
+    mean = x.mean([1, 3], keepdim=True)
+    var = x.var([1, 3], unbiased=False, keepdim=True)
+    x = (x - mean) / (var + eps).sqrt()
+    x = x.reshape(M, C, Fs)
+    return x * gamma[:, None] + beta[:, None]
+
+
+def _torch_steps(x, dy):
+    """fwd+bwd of the paper's PyTorch code, eager and `torch.compile`d, on
+    the same values (NHWC arrays moved to the paper's `(M, C, F)` layout)."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+             "float16": torch.float16}[keras.backend.standardize_dtype(
+                 x.dtype)]
+
+    def to_torch(a):
+        a = np.asarray(ops.convert_to_numpy(ops.cast(a, "float32")))
+        a = np.moveaxis(a, -1, 1).reshape(a.shape[0], a.shape[-1], -1)
+        return torch.tensor(a, dtype=dtype, device=device)
+
+    tx, tdy = to_torch(x).requires_grad_(), to_torch(dy)
+    channels = tx.shape[1]
+    gamma = torch.ones(channels, device=device, requires_grad=True)
+    beta = torch.zeros(channels, device=device, requires_grad=True)
+
+    def make(fn):
+        def run():
+            out = fn(tx, gamma, beta, GROUPS_C, GROUPS_M)
+            return torch.autograd.grad(out, (tx, gamma, beta), tdy)
+
+        return run
+
+    def sync(result):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return result
+
+    compiled = torch.compile(paper_pytorch_seqnorm)
+    return {
+        "pytorch_paper": (make(paper_pytorch_seqnorm), sync),
+        "pytorch_paper_compiled": (make(compiled), sync),
+    }
+
+
+def bench_layers(shapes, dtypes, iters, samples, include_group=True,
+                 torch_reference=False):
     rows = []
     for dtype in dtypes:
         for shape in shapes:
@@ -216,6 +271,8 @@ def bench_layers(shapes, dtypes, iters, samples, include_group=True):
                 layer.build(shape)
                 run, sync, temp[name] = fwd_bwd_step(layer, x, dy)
                 steps[name] = (run, sync)
+            if torch_reference:
+                steps.update(_torch_steps(x, dy))
             medians = _time_interleaved(steps, iters, samples)
             base = medians["batch"]
             for name, seconds in medians.items():
@@ -228,7 +285,7 @@ def bench_layers(shapes, dtypes, iters, samples, include_group=True):
                     "ratio": seconds / base,
                     # XLA's scratch memory for fwd+bwd (JAX only): what
                     # the layer keeps beyond its input and output.
-                    "temp_bytes": temp[name],
+                    "temp_bytes": temp.get(name),
                 })
             print(_format_row(shape, dtype, medians), flush=True)
     return rows
@@ -337,8 +394,9 @@ def _versions():
 def markdown_table(rows):
     lines = [
         "| shape | dtype | BatchNorm ms | GhostNorm | SeqNorm | two-stage "
-        "SeqNorm | GroupNorm | scratch MiB (BN / Ghost / Seq / two-stage) |",
-        "|---|---|---|---|---|---|---|---|",
+        "SeqNorm | GroupNorm | paper's PyTorch (eager / compiled) "
+        "| scratch MiB (BN / Ghost / Seq / two-stage) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     keyed = {}
     for row in rows:
@@ -350,6 +408,10 @@ def markdown_table(rows):
             f"{impls[n]['ratio']:.2f}x" if n in impls else "-"
             for n in ("ghost", "sequential", "two_stage", "group")
         ]
+        cells.append(" / ".join(
+            f"{impls[n]['ratio']:.2f}x" if n in impls else "-"
+            for n in ("pytorch_paper", "pytorch_paper_compiled")
+        ))
         memory = [
             impls[n].get("temp_bytes") if n in impls else None
             for n in ("batch", "ghost", "sequential", "two_stage")
@@ -412,6 +474,11 @@ def build_parser():
     parser.add_argument("--model-precision", default="float32")
     parser.add_argument("--no-group", action="store_true",
                         help="skip keras.layers.GroupNormalization")
+    parser.add_argument("--torch-reference", action="store_true",
+                        help="also time the paper's PyTorch SeqNorm "
+                        "(F.group_norm, then Figure A1), eager and under "
+                        "torch.compile, in the same interleaved loop "
+                        "(needs torch)")
     parser.add_argument("--out", default=None,
                         help="JSON output path (a .md table is written "
                         "beside it)")
@@ -429,7 +496,8 @@ def main(argv=None):
                 f"Received: --dtypes={args.dtypes}"
             )
     rows = bench_layers(shapes, dtypes, args.iters, args.samples,
-                        include_group=not args.no_group)
+                        include_group=not args.no_group,
+                        torch_reference=args.torch_reference)
     if args.model:
         rows += bench_train_step(
             args.model,

@@ -64,3 +64,19 @@ def test_fused_layers_keep_only_batch_by_channel_scratch():
     for name in ("ghost", "sequential"):
         assert temp[name] <= temp["batch"] + 64 * batch_by_channel, temp
     assert temp["two_stage"] >= x.nbytes, temp
+
+
+def test_paper_pytorch_reference_equals_the_fused_layer():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(1).normal(size=(16, 4, 4, 8)).astype("float32")
+    fused = SequentialNormalization(groups_c=4, groups_m=8, epsilon=1e-5)
+    expected = to_numpy(fused(x, training=True))
+    paper = benchmark.paper_pytorch_seqnorm(
+        torch.tensor(np.moveaxis(x, -1, 1).reshape(16, 8, -1)),
+        torch.ones(8),
+        torch.zeros(8),
+        groups_c=4,
+        groups_m=8,
+    ).numpy()
+    paper = np.moveaxis(paper.reshape(16, 8, 4, 4), 1, -1)
+    np.testing.assert_allclose(paper, expected, atol=1e-4)
