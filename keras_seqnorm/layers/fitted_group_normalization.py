@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_seqnorm import ops as norm_ops
+from keras_seqnorm.layers.ghost_normalization import channel_axis_and_size
 
 
 @keras.saving.register_keras_serializable(package="keras_seqnorm")
@@ -96,19 +97,9 @@ class FittedGroupNormalization(keras.layers.GroupNormalization):
         return self._fitted_groups
 
     def build(self, input_shape):
-        rank = len(input_shape)
-        channel_axis = norm_ops.resolve_axis(self.axis, rank)
-        if rank < 2 or channel_axis is None or channel_axis == 0:
-            raise ValueError(
-                f"Argument `axis` must name a non-batch axis of the {rank}-D "
-                f"input. Received: axis={self.axis}"
-            )
-        channels = input_shape[channel_axis]
-        if channels is None:
-            raise ValueError(
-                f"The channel axis {self.axis} of the input must have a known "
-                f"size. Received: input_shape={input_shape}"
-            )
+        channel_axis, channels = channel_axis_and_size(
+            type(self).__name__, self.axis, input_shape
+        )
         limit = channels if self.groups == -1 else min(self.groups, channels)
         self._fitted_groups = max(
             g for g in range(1, limit + 1) if channels % g == 0
@@ -136,7 +127,7 @@ class FittedGroupNormalization(keras.layers.GroupNormalization):
                 autocast=False,
             )
         self.input_spec = keras.layers.InputSpec(
-            ndim=rank, axes={channel_axis: channels}
+            ndim=len(input_shape), axes={channel_axis: channels}
         )
 
     def call(self, inputs):

@@ -19,6 +19,34 @@ def _check_count(name, value, allow_none=True):
         )
 
 
+def channel_axis_and_size(layer_name, axis, input_shape):
+    """Checks a norm layer's input shape; returns `(channel_axis, C)`.
+
+    The channel axis comes back non-negative; a `ValueError` names the
+    argument or the shape that is wrong.
+    """
+    rank = len(input_shape)
+    if rank < 2:
+        raise ValueError(
+            f"{layer_name} needs inputs of rank >= 2 (batch and channels). "
+            f"Received: input_shape={input_shape}"
+        )
+    channel_axis = norm_ops.resolve_axis(axis, rank)
+    if channel_axis is None or channel_axis == 0:
+        raise ValueError(
+            f"Argument `axis` must name a non-batch axis of the "
+            f"{rank}-D input (1 to {rank - 1}, or -1 to {1 - rank}). "
+            f"Received: axis={axis}"
+        )
+    channels = input_shape[channel_axis]
+    if channels is None:
+        raise ValueError(
+            f"The channel axis {axis} of the input must have a known "
+            f"size. Received: input_shape={input_shape}"
+        )
+    return channel_axis, channels
+
+
 @keras.saving.register_keras_serializable(package="keras_seqnorm")
 class GhostNormalization(keras.layers.Layer):
     """Ghost Normalization: BatchNorm within contiguous ghost batches.
@@ -172,30 +200,10 @@ class GhostNormalization(keras.layers.Layer):
         self.moving_mean = None
         self.moving_variance = None
 
-    def _check_input_shape(self, input_shape):
-        rank = len(input_shape)
-        if rank < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs inputs of rank >= 2 (batch and "
-                f"channels). Received: input_shape={input_shape}"
-            )
-        channel_axis = norm_ops.resolve_axis(self.axis, rank)
-        if channel_axis is None or channel_axis == 0:
-            raise ValueError(
-                f"Argument `axis` must name a non-batch axis of the "
-                f"{rank}-D input (1 to {rank - 1}, or -1 to {1 - rank}). "
-                f"Received: axis={self.axis}"
-            )
-        channels = input_shape[channel_axis]
-        if channels is None:
-            raise ValueError(
-                f"The channel axis {self.axis} of the input must have a known "
-                f"size. Received: input_shape={input_shape}"
-            )
-        return channel_axis, channels
-
     def build(self, input_shape):
-        channel_axis, channels = self._check_input_shape(input_shape)
+        channel_axis, channels = channel_axis_and_size(
+            type(self).__name__, self.axis, input_shape
+        )
         self._channel_axis = channel_axis
         shape = (channels,)
         if self.scale:

@@ -4,6 +4,7 @@ import keras
 
 from keras_seqnorm.layers.ghost_normalization import GhostNormalization
 from keras_seqnorm.layers.ghost_normalization import _check_count
+from keras_seqnorm.layers.ghost_normalization import channel_axis_and_size
 
 
 @keras.saving.register_keras_serializable(package="keras_seqnorm")
@@ -85,7 +86,9 @@ class SequentialNormalization(GhostNormalization):
         self.groups_c = groups_c
 
     def build(self, input_shape):
-        _, channels = self._check_input_shape(input_shape)
+        _, channels = channel_axis_and_size(
+            type(self).__name__, self.axis, input_shape
+        )
         if channels % self.groups_c:
             raise ValueError(
                 "Argument `groups_c` must divide the number of channels "
