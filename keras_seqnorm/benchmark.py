@@ -110,7 +110,7 @@ def _fwd_bwd_tensorflow(layer, x, dy):
     def sync(result):
         return result[0].numpy().ravel()[0]
 
-    return run, sync, None
+    return run, sync, {}
 
 
 def _fwd_bwd_jax(layer, x, dy):
@@ -141,17 +141,24 @@ def _fwd_bwd_jax(layer, x, dy):
         return jax.block_until_ready(result)
 
     compiled = step.lower(trainable, non_trainable, x, dy).compile()
-    analysis = compiled.memory_analysis()
-    temp_bytes = getattr(analysis, "temp_size_in_bytes", None)
-    return run, sync, temp_bytes
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis() or {}
+    if isinstance(cost, (list, tuple)):  # older JAX: one dict per module
+        cost = cost[0] if cost else {}
+    info = {
+        "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+        "bytes_accessed": cost.get("bytes accessed"),
+    }
+    return run, sync, info
 
 
 def fwd_bwd_step(layer, x, dy):
     """A compiled fwd+bwd call of `layer` at `x` with output cotangent `dy`.
 
-    Returns `(run, sync, temp_bytes)`: `run()` makes one call, `sync(result)`
-    waits for it, `temp_bytes` is XLA's scratch memory for the call where
-    the backend reports it (JAX), else `None`.
+    Returns `(run, sync, info)`: `run()` makes one call, `sync(result)`
+    waits for it, and where the backend reports them (JAX) `info` holds
+    XLA's scratch memory for the call (`temp_bytes`) and XLA's estimate of
+    the bytes it reads and writes (`bytes_accessed`); else it is empty.
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -265,11 +272,11 @@ def bench_layers(shapes, dtypes, iters, samples, include_group=True,
                 rng.normal(size=shape).astype("float32"), dtype=dtype
             )
             policy = "mixed_" + dtype if dtype != "float32" else "float32"
-            steps, temp = {}, {}
+            steps, info = {}, {}
             for name, make in _implementations(include_group).items():
                 layer = make(policy)
                 layer.build(shape)
-                run, sync, temp[name] = fwd_bwd_step(layer, x, dy)
+                run, sync, info[name] = fwd_bwd_step(layer, x, dy)
                 steps[name] = (run, sync)
             if torch_reference:
                 steps.update(_torch_steps(x, dy))
@@ -285,10 +292,22 @@ def bench_layers(shapes, dtypes, iters, samples, include_group=True,
                     "ratio": seconds / base,
                     # XLA's scratch memory for fwd+bwd (JAX only): what
                     # the layer keeps beyond its input and output.
-                    "temp_bytes": temp.get(name),
+                    "temp_bytes": info.get(name, {}).get("temp_bytes"),
+                    # XLA's estimate of the memory traffic of fwd+bwd, in
+                    # passes over a tensor of the input's size (JAX only).
+                    "passes": _passes(info.get(name), x),
                 })
             print(_format_row(shape, dtype, medians), flush=True)
     return rows
+
+
+def _passes(info, x):
+    accessed = (info or {}).get("bytes_accessed")
+    if accessed is None:
+        return None
+    size = int(np.prod(x.shape)) * np.dtype(keras.backend.standardize_dtype(
+        x.dtype)).itemsize
+    return accessed / size
 
 
 def _format_row(shape, dtype, medians):
@@ -395,8 +414,9 @@ def markdown_table(rows):
     lines = [
         "| shape | dtype | BatchNorm ms | GhostNorm | SeqNorm | two-stage "
         "SeqNorm | GroupNorm | paper's PyTorch (eager / compiled) "
-        "| scratch MiB (BN / Ghost / Seq / two-stage) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scratch MiB (BN / Ghost / Seq / two-stage) "
+        "| passes over the input (BN / Ghost / Seq / two-stage) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     keyed = {}
     for row in rows:
@@ -419,9 +439,14 @@ def markdown_table(rows):
         memory = " / ".join(
             "-" if m is None else f"{m / 2**20:.1f}" for m in memory
         )
+        passes = " / ".join(
+            "-" if impls.get(n, {}).get("passes") is None
+            else f"{impls[n]['passes']:.1f}"
+            for n in ("batch", "ghost", "sequential", "two_stage")
+        )
         lines.append(
             f"| {shape} | {dtype} | {impls['batch']['ms']:.2f} | "
-            + " | ".join(cells) + f" | {memory} |"
+            + " | ".join(cells) + f" | {memory} | {passes} |"
         )
     steps = [r for r in rows if r["kind"] == "train_step"]
     if steps:

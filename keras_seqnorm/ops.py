@@ -16,8 +16,16 @@ fused computation is:
 
 The input is read twice and written once, like BatchNormalization, whatever
 the number of channel groups and ghost batches.
+
+Both passes have a custom gradient (`shifted_moments`, `apply_affine`), so
+the backward pass is two more passes too: one reduction of the upstream
+gradient, one elementwise pass. Under XLA every `(M, C)` term between the
+passes is materialized (`rows_apart`); otherwise XLA fuses the channel-group
+and ghost-batch arithmetic into the passes over the input and redoes it at
+every position of every sample.
 """
 
+import keras
 from keras import ops
 
 
@@ -50,14 +58,96 @@ def _mask_weights(mask, x):
     return ops.broadcast_to(mask, ops.shape(x))
 
 
+def rows_apart(t):
+    """`t` itself, computed apart from the loops that read it.
+
+    An identity for values and gradients: each row of `t` is added once into
+    zeros by a scatter, which XLA never fuses into its consumers nor its
+    producers. So the `(M, C)` statistics are computed once and stored
+    instead of being recomputed inside every loop over the input, and a
+    reduction over the input is never duplicated into its consumers. Without
+    XLA (the torch backend) `t` is returned as it is.
+    """
+    if keras.backend.backend() not in ("tensorflow", "jax"):
+        return t
+    rows = ops.shape(t)[0]
+    return ops.segment_sum(t, ops.arange(rows), num_segments=rows)
+
+
+def _keep_axes_shape(x, axes):
+    # Shape that broadcasts a reduced tensor (the `axes` dropped) against x.
+    return [-1] + [
+        1 if a in axes else x.shape[a] for a in range(1, len(x.shape))
+    ]
+
+
+def shifted_moments(x, axes):
+    """Mean and biased variance of `x` over `axes`, with a custom gradient.
+
+    The sums are shifted by the first element of each slice, so the variance
+    stays accurate for inputs far from zero (mean 1e4, std 1 in float32),
+    which a plain `E[x^2] - E[x]^2` does not. The gradient is the exact
+    `dx = g_mean / n + 2 (x - mean) g_variance / n` (the clamp of a rounded
+    negative variance to 0 is not differentiated), one elementwise pass with
+    the `(M, C)` coefficients computed apart.
+
+    Args:
+        x: float tensor, batch on axis 0.
+        axes: non-empty list of the reduced axes (never 0).
+
+    Returns:
+        `(mean, variance)` with the `axes` dropped.
+    """
+    x = ops.convert_to_tensor(x)
+    rank = len(x.shape)
+    first = tuple(
+        slice(0, 1) if a in axes else slice(None) for a in range(rank)
+    )
+    size = 1
+    for a in axes:
+        size = size * ops.shape(x)[a]
+
+    @ops.custom_gradient
+    def moments(x):
+        shift = x[first]
+        shifted = x - shift
+        shifted_mean = rows_apart(ops.mean(shifted, axis=axes))
+        shifted_square = rows_apart(ops.mean(ops.square(shifted), axis=axes))
+        variance = ops.maximum(shifted_square - ops.square(shifted_mean), 0.0)
+        shift = ops.reshape(shift, ops.shape(shifted_mean))
+        mean = shift + shifted_mean
+        count = ops.cast(size, x.dtype)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            grad_mean, grad_variance = upstream[0], upstream[1]
+            # 2 (x - mean) g / n, written around the shift: x - shift is
+            # exact where x - mean would round mean to x's precision.
+            slope = grad_variance * (2.0 / count)
+            terms = ops.stack(
+                [shift, slope, grad_mean / count - shifted_mean * slope],
+                axis=1,
+            )
+            centre, slope, offset = (
+                ops.reshape(t, _keep_axes_shape(x, axes))
+                for t in ops.unstack(rows_apart(terms), axis=1)
+            )
+            return (x - centre) * slope + offset
+
+        # One output: the torch backend's custom gradient takes only one.
+        return ops.stack([mean, variance]), grad
+
+    both = moments(x)
+    return both[0], both[1]
+
+
 def sample_channel_moments(x, channel_axis, mask=None):
     """Count, mean and biased variance of every (sample, channel) slice.
 
-    Without a mask the statistics come from one pass over `x - s`, where the
-    centre `s` is the slice's first element (a constant for autodiff). The
-    shifted sums keep the variance accurate for inputs far from zero (mean
-    1e4, std 1 in float32), which a plain `E[x^2] - E[x]^2` does not. With a
-    mask, masked positions count in no statistic.
+    Without a mask the statistics come from `shifted_moments`: sums of
+    `x - s`, where `s` is the slice's first element, with a custom gradient.
+    With a mask, masked positions count in no statistic (plain autodiff).
 
     Args:
         x: float tensor of rank >= 2, batch on axis 0.
@@ -89,15 +179,7 @@ def sample_channel_moments(x, channel_axis, mask=None):
         mean = x
         variance = ops.zeros_like(x)
     else:
-        first = tuple(
-            slice(0, 1) if a in axes else slice(None) for a in range(rank)
-        )
-        shift = ops.stop_gradient(x[first])
-        shifted = x - shift
-        shifted_mean = ops.mean(shifted, axis=axes, keepdims=True)
-        shifted_square = ops.mean(ops.square(shifted), axis=axes, keepdims=True)
-        variance = ops.maximum(shifted_square - ops.square(shifted_mean), 0.0)
-        mean = shift + shifted_mean
+        mean, variance = shifted_moments(x, axes)
         size = 1
         for a in axes:
             size = size * ops.shape(x)[a]
@@ -223,6 +305,64 @@ def weighted_average(count, values):
     return ops.sum(count * values, axis=0) / safe, total
 
 
+def apply_affine(x, centre, scale, offset, channel_axis):
+    """`(x - centre) * scale + offset`, per (sample, channel), custom gradient.
+
+    The backward pass is one reduction of `dy` and `dy * (x - centre)` over
+    each (sample, channel) slice and one elementwise `dx = dy * scale`; the
+    gradients of `centre`, `scale` and `offset` come from those sums.
+
+    Args:
+        x: the input, rank >= 2.
+        centre, scale: `(M, C)` tensors.
+        offset: `(C,)` tensor or `None`.
+        channel_axis: non-negative channel axis of `x`.
+    """
+    x, centre, scale = (ops.convert_to_tensor(t) for t in (x, centre, scale))
+    rank = len(x.shape)
+    channels = x.shape[channel_axis]
+    axes = reduction_axes(rank, channel_axis)
+    shape = broadcast_shape(rank, channel_axis, channels)
+    offset_shape = [1] + shape[1:]
+    if offset is None:
+        offset = ops.zeros((channels,), x.dtype)
+    offset = ops.convert_to_tensor(offset)
+
+    def per_slice(t):
+        # (M, 1, ..., C, ..., 1) -> (M, C), computed apart.
+        return rows_apart(ops.reshape(ops.sum(t, axis=axes), (-1, channels)))
+
+    @ops.custom_gradient
+    def affine(x, centre, scale, offset):
+        both = rows_apart(ops.stack([centre, scale], axis=1))
+        full_centre = ops.reshape(both[:, 0], shape)
+        full_scale = ops.reshape(both[:, 1], shape)
+        outputs = (x - full_centre) * full_scale
+        outputs = outputs + ops.reshape(offset, offset_shape)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            # Recomputed, not kept from the forward pass: XLA would store it.
+            centred = x - full_centre
+            if axes:
+                grad_sum = per_slice(upstream)
+                grad_scale = per_slice(upstream * centred)
+            else:
+                grad_sum = ops.reshape(upstream, (-1, channels))
+                grad_scale = ops.reshape(upstream * centred, (-1, channels))
+            return (
+                upstream * full_scale,
+                -grad_sum * scale,
+                grad_scale,
+                ops.sum(grad_sum, axis=0),
+            )
+
+        return outputs, grad
+
+    return affine(x, centre, scale, offset)
+
+
 def normalize(x, centre, scale, offset, channel_axis):
     """`(x - centre) * scale + offset` with per-(sample, channel) terms.
 
@@ -232,14 +372,13 @@ def normalize(x, centre, scale, offset, channel_axis):
         offset: `(C,)` tensor or `None`.
         channel_axis: non-negative channel axis of `x`.
     """
+    if len(centre.shape) == 2:
+        return apply_affine(x, centre, scale, offset, channel_axis)
     rank = len(x.shape)
-    channels = x.shape[channel_axis]
-    shape = broadcast_shape(rank, channel_axis, channels)
-    if len(centre.shape) == 1:
-        shape[0] = 1
+    shape = broadcast_shape(rank, channel_axis, x.shape[channel_axis])
+    shape[0] = 1
     outputs = (x - ops.reshape(centre, shape)) * ops.reshape(scale, shape)
     if offset is not None:
-        shape[0] = 1
         outputs = outputs + ops.reshape(offset, shape)
     return outputs
 

@@ -90,6 +90,31 @@ def input_gradient(fn, x):
     return to_numpy(x.grad)
 
 
+def gradients(fn, *args):
+    """Gradients of the scalar `fn(*args)` with respect to every argument,
+    as NumPy arrays, on the active backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        args = [tf.convert_to_tensor(a) for a in args]
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            total = fn(*args)
+        return [to_numpy(g) for g in tape.gradient(total, args)]
+    if backend == "jax":
+        import jax
+
+        argnums = tuple(range(len(args)))
+        args = [ops.convert_to_tensor(a) for a in args]
+        return [to_numpy(g) for g in jax.grad(fn, argnums)(*args)]
+    import torch
+
+    args = [torch.tensor(np.asarray(a), requires_grad=True) for a in args]
+    fn(*args).backward()
+    return [to_numpy(a.grad) for a in args]
+
+
 def trainable_gradients(model, loss_fn, x, y):
     """Gradients of `loss_fn(y, model(x, training=True))` for every trainable
     weight of `model`, as NumPy arrays, on the active backend."""

@@ -1,8 +1,10 @@
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 from keras_seqnorm import ops as norm_ops
+from tests.helpers import gradients
 from tests.helpers import to_numpy
 
 
@@ -45,6 +47,94 @@ def test_shifted_moments_are_accurate_far_from_zero():
     np.testing.assert_allclose(
         to_numpy(variance), x.astype(np.float64).var(1), rtol=1e-3
     )
+
+
+@pytest.mark.parametrize("axis, loc", [(-1, 3.0), (1, 3.0), (-1, 1e4)])
+def test_shifted_moments_gradient(axis, loc):
+    # The custom gradient against the analytic one in float64:
+    # d/dx sum(a * mean + b * var) = a / n + 2 b (x - mean) / n.
+    rng = np.random.default_rng(3)
+    x = rng.normal(loc, 2.0, size=(4, 5, 6, 3)).astype("float32")
+    channel_axis = norm_ops.resolve_axis(axis, 4)
+    axes = norm_ops.reduction_axes(4, channel_axis)
+    channels = x.shape[channel_axis]
+    a = rng.normal(size=(4, channels)).astype("float32")
+    b = rng.normal(size=(4, channels)).astype("float32")
+
+    def objective(x):
+        mean, variance = norm_ops.shifted_moments(x, axes)
+        return ops.sum(mean * ops.convert_to_tensor(a)
+                       + variance * ops.convert_to_tensor(b))
+
+    (grad,) = gradients(objective, x)
+    x64 = x.astype(np.float64)
+    n = x.size / (4 * channels)
+    shape = [4] + [channels if d == channel_axis else 1 for d in (1, 2, 3)]
+    mean = x64.mean(axis=tuple(axes), keepdims=True)
+    expected = (a.reshape(shape) + 2 * b.reshape(shape) * (x64 - mean)) / n
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, axis", [
+    ((4, 5, 6, 3), -1), ((4, 3, 5, 6), 1), ((4, 3), -1),
+])
+@pytest.mark.parametrize("with_offset", [True, False])
+def test_apply_affine_gradients(shape, axis, with_offset):
+    # The custom gradient of (x - centre) * scale + offset, all four
+    # arguments, against the analytic one in float64.
+    rng = np.random.default_rng(4)
+    channel_axis = norm_ops.resolve_axis(axis, len(shape))
+    channels = shape[channel_axis]
+    x = rng.normal(2.0, 1.0, size=shape).astype("float32")
+    centre = rng.normal(size=(4, channels)).astype("float32")
+    scale = rng.normal(size=(4, channels)).astype("float32")
+    offset = rng.normal(size=(channels,)).astype("float32")
+    w = rng.normal(size=shape).astype("float32")
+
+    def objective(x, centre, scale, offset):
+        out = norm_ops.apply_affine(
+            x, centre, scale, offset if with_offset else None, channel_axis
+        )
+        return ops.sum(out * ops.convert_to_tensor(w))
+
+    grads = gradients(objective, x, centre, scale, offset)
+    bshape = [4] + [
+        channels if d == channel_axis else 1 for d in range(1, len(shape))
+    ]
+    axes = tuple(norm_ops.reduction_axes(len(shape), channel_axis))
+    w64, x64 = w.astype(np.float64), x.astype(np.float64)
+    c64 = centre.astype(np.float64).reshape(bshape)
+    per_slice = w64.sum(axis=axes).reshape(4, channels)
+    expected = [
+        w64 * scale.reshape(bshape),
+        -per_slice * scale,
+        (w64 * (x64 - c64)).sum(axis=axes).reshape(4, channels),
+        per_slice.sum(axis=0),
+    ]
+    outputs = to_numpy(norm_ops.apply_affine(
+        x, centre, scale, offset if with_offset else None, channel_axis
+    ))
+    np.testing.assert_allclose(
+        outputs,
+        (x64 - c64) * scale.reshape(bshape)
+        + (offset.reshape([1] + bshape[1:]) if with_offset else 0.0),
+        rtol=1e-5, atol=1e-5,
+    )
+    if not with_offset:  # unused: no gradient, or a zero one
+        grads, expected = grads[:3], expected[:3]
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_rows_apart_is_the_identity_for_values_and_gradients():
+    t = np.random.default_rng(5).normal(size=(6, 4)).astype("float32")
+    np.testing.assert_array_equal(to_numpy(norm_ops.rows_apart(t)), t)
+    w = np.arange(24, dtype="float32").reshape(6, 4)
+    (grad,) = gradients(
+        lambda t: ops.sum(norm_ops.rows_apart(t) * ops.convert_to_tensor(w)),
+        t,
+    )
+    np.testing.assert_array_equal(grad, w)
 
 
 def test_combination_is_exact():
