@@ -237,6 +237,35 @@ def test_masked_positions_count_in_no_statistic():
     )
 
 
+def test_masked_gradients_equal_masked_batch_normalization():
+    # With one ghost batch, masked GhostNorm is Keras' masked BatchNorm:
+    # the custom gradients of the shared passes against Keras' autodiff.
+    x = _random((6, 7, 4), loc=2.0)
+    mask = np.ones((6, 7), bool)
+    mask[:, 5:] = False
+    mask[2, 2:] = False
+    weights = _random((6, 7, 4), seed=5) * mask[..., None]
+    ghost = GhostNormalization(groups_m=1)
+    batch = keras.layers.BatchNormalization()
+
+    def loss_of(layer):
+        return lambda v: keras.ops.multiply(
+            layer(v, training=True, mask=mask), weights
+        )
+
+    for layer in (ghost, batch):
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 2.0, 4))
+    got = to_numpy(ghost(x, training=True, mask=mask))
+    want = to_numpy(batch(x, training=True, mask=mask))
+    np.testing.assert_allclose(got[mask], want[mask], atol=1e-4)
+    np.testing.assert_allclose(
+        input_gradient(loss_of(ghost), x),
+        input_gradient(loss_of(batch), x),
+        atol=1e-4,
+    )
+
+
 def test_masking_layer_in_a_model():
     data = np.array([[[1, 5], [2, 5], [0, 0], [0, 0]]] * 8, "float32")
     inputs = keras.Input((None, 2))
