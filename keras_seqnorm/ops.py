@@ -74,38 +74,39 @@ def rows_apart(t):
     return ops.segment_sum(t, ops.arange(rows), num_segments=rows)
 
 
-def _keep_axes_shape(x, axes):
-    # Shape that broadcasts a reduced tensor (the `axes` dropped) against x.
-    return [-1] + [
-        1 if a in axes else x.shape[a] for a in range(1, len(x.shape))
-    ]
-
-
-def shifted_moments(x, axes):
-    """Mean and biased variance of `x` over `axes`, with a custom gradient.
-
-    The sums are shifted by the first element of each slice, so the variance
-    stays accurate for inputs far from zero (mean 1e4, std 1 in float32),
-    which a plain `E[x^2] - E[x]^2` does not. The gradient is the exact
-    `dx = g_mean / n + 2 (x - mean) g_variance / n` (the clamp of a rounded
-    negative variance to 0 is not differentiated), one elementwise pass with
-    the `(M, C)` coefficients computed apart.
-
-    Args:
-        x: float tensor, batch on axis 0.
-        axes: non-empty list of the reduced axes (never 0).
-
-    Returns:
-        `(mean, variance)` with the `axes` dropped.
-    """
-    x = ops.convert_to_tensor(x)
-    rank = len(x.shape)
-    first = tuple(
-        slice(0, 1) if a in axes else slice(None) for a in range(rank)
-    )
+def _slice_size(x, axes):
+    # Number of values in each (sample, channel) slice.
     size = 1
     for a in axes:
         size = size * ops.shape(x)[a]
+    return ops.cast(size, x.dtype)
+
+
+def shifted_moments(x, channel_axis):
+    """Mean and biased variance of every (sample, channel) slice of `x`.
+
+    The sums are shifted by the first element of each slice, so the variance
+    stays accurate for inputs far from zero (mean 1e4, std 1 in float32),
+    which a plain `E[x^2] - E[x]^2` does not. The custom gradient is the
+    exact `dx = g_mean / n + 2 (x - mean) g_variance / n` (the clamp of a
+    rounded negative variance to 0 is not differentiated), one elementwise
+    pass with the `(M, C)` coefficients computed apart.
+
+    Args:
+        x: float tensor of rank >= 3, batch on axis 0.
+        channel_axis: non-negative channel axis of `x`.
+
+    Returns:
+        `(mean, variance)`, two tensors of shape `(M, C)`.
+    """
+    x = ops.convert_to_tensor(x)
+    rank = len(x.shape)
+    axes = reduction_axes(rank, channel_axis)
+    full = broadcast_shape(rank, channel_axis, x.shape[channel_axis])
+    first = tuple(
+        slice(0, 1) if a in axes else slice(None) for a in range(rank)
+    )
+    count = _slice_size(x, axes)
 
     @ops.custom_gradient
     def moments(x):
@@ -116,7 +117,6 @@ def shifted_moments(x, axes):
         variance = ops.maximum(shifted_square - ops.square(shifted_mean), 0.0)
         shift = ops.reshape(shift, ops.shape(shifted_mean))
         mean = shift + shifted_mean
-        count = ops.cast(size, x.dtype)
 
         def grad(*args, upstream=None):
             if upstream is None:
@@ -130,7 +130,7 @@ def shifted_moments(x, axes):
                 axis=1,
             )
             centre, slope, offset = (
-                ops.reshape(t, _keep_axes_shape(x, axes))
+                ops.reshape(t, full)
                 for t in ops.unstack(rows_apart(terms), axis=1)
             )
             return (x - centre) * slope + offset
@@ -179,11 +179,8 @@ def sample_channel_moments(x, channel_axis, mask=None):
         mean = x
         variance = ops.zeros_like(x)
     else:
-        mean, variance = shifted_moments(x, axes)
-        size = 1
-        for a in axes:
-            size = size * ops.shape(x)[a]
-        count = ops.ones_like(mean) * ops.cast(size, x.dtype)
+        mean, variance = shifted_moments(x, channel_axis)
+        count = ops.ones_like(mean) * _slice_size(x, axes)
     return (
         _as_matrix(count, channels),
         _as_matrix(mean, channels),
@@ -329,8 +326,10 @@ def apply_affine(x, centre, scale, offset, channel_axis):
     offset = ops.convert_to_tensor(offset)
 
     def per_slice(t):
-        # (M, 1, ..., C, ..., 1) -> (M, C), computed apart.
-        return rows_apart(ops.reshape(ops.sum(t, axis=axes), (-1, channels)))
+        # Sums over each (sample, channel) slice, as (M, C), computed apart.
+        if axes:
+            t = ops.sum(t, axis=axes)
+        return rows_apart(ops.reshape(t, (-1, channels)))
 
     @ops.custom_gradient
     def affine(x, centre, scale, offset):
@@ -343,14 +342,8 @@ def apply_affine(x, centre, scale, offset, channel_axis):
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            # Recomputed, not kept from the forward pass: XLA would store it.
-            centred = x - full_centre
-            if axes:
-                grad_sum = per_slice(upstream)
-                grad_scale = per_slice(upstream * centred)
-            else:
-                grad_sum = ops.reshape(upstream, (-1, channels))
-                grad_scale = ops.reshape(upstream * centred, (-1, channels))
+            grad_sum = per_slice(upstream)
+            grad_scale = per_slice(upstream * (x - full_centre))
             return (
                 upstream * full_scale,
                 -grad_sum * scale,

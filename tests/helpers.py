@@ -65,29 +65,7 @@ def seq_norm_reference(x, axis=-1, groups_c=4, groups_m=1, epsilon=1e-3):
 
 def input_gradient(fn, x):
     """Gradient of `sum(fn(x))` with respect to `x`, on the active backend."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.convert_to_tensor(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            total = tf.reduce_sum(fn(x))
-        return to_numpy(tape.gradient(total, x))
-    if backend == "jax":
-        import jax
-
-        def total(v):
-            # Layers may assign state (moving statistics) in `fn`.
-            with keras.StatelessScope():
-                return ops.sum(fn(v))
-
-        return to_numpy(jax.grad(total)(ops.convert_to_tensor(x)))
-    import torch
-
-    x = torch.tensor(np.asarray(x), requires_grad=True)
-    fn(x).sum().backward()
-    return to_numpy(x.grad)
+    return gradients(lambda v: ops.sum(fn(v)), x)[0]
 
 
 def gradients(fn, *args):
@@ -105,9 +83,14 @@ def gradients(fn, *args):
     if backend == "jax":
         import jax
 
+        def total(*values):
+            # Layers may assign state (moving statistics) in `fn`.
+            with keras.StatelessScope():
+                return fn(*values)
+
         argnums = tuple(range(len(args)))
         args = [ops.convert_to_tensor(a) for a in args]
-        return [to_numpy(g) for g in jax.grad(fn, argnums)(*args)]
+        return [to_numpy(g) for g in jax.grad(total, argnums)(*args)]
     import torch
 
     args = [torch.tensor(np.asarray(a), requires_grad=True) for a in args]

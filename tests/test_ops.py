@@ -62,7 +62,7 @@ def test_shifted_moments_gradient(axis, loc):
     b = rng.normal(size=(4, channels)).astype("float32")
 
     def objective(x):
-        mean, variance = norm_ops.shifted_moments(x, axes)
+        mean, variance = norm_ops.shifted_moments(x, channel_axis)
         return ops.sum(mean * ops.convert_to_tensor(a)
                        + variance * ops.convert_to_tensor(b))
 
