@@ -390,6 +390,20 @@ class _Block(keras.layers.Layer):
         return self.bn(x, training=training)
 
 
+class _Stack(keras.layers.Layer):
+    """Its BatchNormalization two levels down, in a list of blocks."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [keras.layers.Dense(3, name="dense"),
+                       _Block(name="block")]
+
+    def call(self, x, training=None):
+        for block in self.blocks:
+            x = block(x, training=training)
+        return x
+
+
 def test_subclassed_model_is_refused():
     model = _Subclassed(name="custom")
     model(np.ones((2, 3), "float32"))
@@ -402,7 +416,7 @@ def test_subclassed_model_is_refused():
         convert_normalization(model)
 
 
-@pytest.mark.parametrize("inner", [_Subclassed, _Block])
+@pytest.mark.parametrize("inner", [_Subclassed, _Block, _Stack])
 def test_batch_norm_inside_custom_code_is_refused(inner):
     inputs = keras.Input((3,))
     model = keras.Model(inputs, inner(name="inner")(inputs))
