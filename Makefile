@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Tests that must also pass on the JAX backend (layers, ops, models).
 JAX_TESTS := tests/layers tests/models tests/test_ops.py tests/test_norms.py \
-	tests/test_convert.py tests/test_benchmark.py
+	tests/test_convert.py tests/test_benchmark.py tests/test_recalibrate.py
 
 .PHONY: setup test test-tf test-jax lint demo bench reproduce clean
 

@@ -204,17 +204,22 @@ class _Recording:
         self.saved = []
 
     def __enter__(self):
-        for index, target in enumerate(self.targets):
-            layer = target.layer
-            own = vars(layer).get("call")
-            self.saved.append((layer, "call" in vars(layer), own))
-            object.__setattr__(
-                layer, "call", _recording_call(index, target, layer.call)
-            )
+        try:
+            for index, target in enumerate(self.targets):
+                layer = target.layer
+                wrapped = _recording_call(index, target, layer.call)
+                self.saved.append(
+                    (layer, "call" in vars(layer), vars(layer).get("call"))
+                )
+                object.__setattr__(layer, "call", wrapped)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc_info):
-        for layer, had_own, own in self.saved:
+        while self.saved:
+            layer, had_own, own = self.saved.pop()
             if had_own:
                 object.__setattr__(layer, "call", own)
             else:

@@ -194,19 +194,27 @@ def test_resnet_backbone_converts_every_batch_norm():
             )
 
 
-def test_recalibrated_classifier_with_preprocessor():
-    # The recipe of docs/keras_hub.md on a ResNetImageClassifier with its
-    # preprocessor: convert the backbone, wrap it, train, recalibrate.
+def test_preset_recipe_with_recalibration(tmp_path):
+    # The recipe of docs/keras_hub.md, from a local preset instead of a
+    # download: load, convert the backbone, wrap it with the preprocessor,
+    # train, recalibrate.
     x, y = _data()
     converter = keras_hub.layers.ResNetImageConverter(
         image_size=(16, 16), scale=1.0
     )
-    preprocessor = keras_hub.models.ResNetImageClassifierPreprocessor(
+    _backbone().save_to_preset(str(tmp_path))
+    keras_hub.models.ResNetImageClassifierPreprocessor(
         image_converter=converter
-    )
+    ).save_to_preset(str(tmp_path))
+    backbone = keras_hub.models.ResNetBackbone.from_preset(str(tmp_path))
+    preprocessor_class = keras_hub.models.ResNetImageClassifierPreprocessor
+    preprocessor = preprocessor_class.from_preset(str(tmp_path))
     converted = keras_seqnorm.convert_normalization(
-        _backbone(), "sequential", groups_c=4, groups_m=2
+        backbone, "sequential", groups_c=4, groups_m=2
     )
+    # A plain Functional model: the backbone's extras are gone.
+    assert hasattr(backbone, "pyramid_outputs")
+    assert not hasattr(converted, "pyramid_outputs")
     classifier = keras_hub.models.ResNetImageClassifier(
         backbone=converted, num_classes=NUM_CLASSES, preprocessor=preprocessor
     )

@@ -384,6 +384,31 @@ def test_nested_models_and_shared_calls():
     )
 
 
+def test_mixed_precision():
+    # float16 inputs; the statistics are computed and stored in float32.
+    rng = np.random.default_rng(0)
+    x = rng.normal(300.0, 20.0, size=(12, 4, 6)).astype("float16")
+    inputs = keras.Input((4, 6), dtype="float16")
+    layer = SequentialNormalization(
+        groups_c=2, groups_m=2, dtype="mixed_float16"
+    )
+    model = keras.Model(inputs, layer(inputs))
+    recalibrate_statistics(model, x, batch_size=6, statistics="population")
+    assert layer.moving_mean.dtype == "float32"
+    values = x.astype(np.float64)
+    groups = values.reshape(12, 4, 2, 3)
+    normalized = (groups - groups.mean(axis=(1, 3), keepdims=True)) / np.sqrt(
+        groups.var(axis=(1, 3), keepdims=True) + EPSILON
+    )
+    normalized = normalized.reshape(-1, 6)
+    np.testing.assert_allclose(
+        to_numpy(layer.moving_mean), normalized.mean(0), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        to_numpy(layer.moving_variance), normalized.var(0), rtol=1e-3
+    )
+
+
 def _generator():
     yield np.zeros((2, 5, 8), "float32")
 
