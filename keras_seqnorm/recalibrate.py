@@ -44,7 +44,7 @@ class RecalibratedLayer:
 
     Attributes:
         path: The layer's name, prefixed with the names of the models it is
-            nested in (`"resnet_backbone/conv1_bn"`); its key in the dict
+            nested in (`"res_net_backbone/conv1_bn"`); its key in the dict
             `recalibrate_statistics` returns.
         layer_class: The layer's class name.
         statistics: `"ghost"` or `"population"`.
