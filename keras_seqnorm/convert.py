@@ -201,7 +201,8 @@ def convert_normalization(model, norm="sequential", **norm_kwargs):
 
     Raises:
         ValueError: for a subclassed model (its layer graph cannot be
-            cloned: build it with the new norm instead), a custom layer
+            cloned: build it with the new norm instead), a keras-hub task
+            (convert its `backbone` instead), a custom layer
             holding BatchNormalization layers, an unknown norm, or a norm
             argument the norm does not accept. The new norm's own checks
             also apply, e.g. `groups_c` must divide every normalized
@@ -222,6 +223,17 @@ def convert_normalization(model, norm="sequential", **norm_kwargs):
             "convert_normalization can only convert Functional and "
             "Sequential models, whose layer graph it can clone; "
             f"{type(model).__name__} is a subclassed model. {_ADVICE} "
+            f"Received: model={model.name!r}"
+        )
+    if type(model).__module__.startswith("keras_hub") and hasattr(
+        model, "backbone"
+    ):
+        raise ValueError(
+            f"convert_normalization would turn the keras-hub task "
+            f"{type(model).__name__} into a plain Functional model without "
+            "its preprocessor; convert its backbone and wrap that in a task "
+            "again: `keras_hub.models.ImageClassifier(backbone="
+            "convert_normalization(task.backbone, ...), num_classes=...)`. "
             f"Received: model={model.name!r}"
         )
     converter = _Converter(norm, norm_kwargs)

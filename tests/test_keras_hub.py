@@ -29,10 +29,6 @@ NORM_KWARGS = {
     "sequential": {"groups_c": 4, "groups_m": 2},
     "noisy_batch": {"seed": 3},
 }
-# convert_normalization crashes on Functional models for these targets
-# (their layers do not accept the `mask` argument the converter's clone
-# passes); a fix in convert.py is under way and will flip these tests.
-BROKEN = {"group", "none"}
 LOADER = textwrap.dedent(
     """
     import json
@@ -79,22 +75,8 @@ def _backbone():
 
 
 def _norm_cases():
-    names = [
-        n for n in NORM_LAYERS if n != "sync_batch" or BACKEND == "tensorflow"
-    ]
     return [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=TypeError,
-                reason="convert_normalization crashes for this target on "
-                "Functional models (fix under way in convert.py)",
-            ),
-        )
-        if name in BROKEN
-        else name
-        for name in names
+        n for n in NORM_LAYERS if n != "sync_batch" or BACKEND == "tensorflow"
     ]
 
 
@@ -129,7 +111,7 @@ def round_trips(tmp_path_factory):
     np.save(folder / "x.npy", x)
     outcomes, saved = {}, {}
     for case in _norm_cases():
-        norm = case if isinstance(case, str) else case.values[0]
+        norm = case
         try:
             classifier = _classifier(norm)
         except Exception as error:  # re-raised by the norm's own test
@@ -175,7 +157,7 @@ def test_resnet_backbone_converts_every_batch_norm():
     converted = keras_seqnorm.convert_normalization(
         backbone, "ghost", groups_m=1
     )
-    layers = converted._flatten_layers(include_self=False)
+    layers = converted.layers
     assert not any(
         isinstance(layer, keras.layers.BatchNormalization) for layer in layers
     )
@@ -192,6 +174,14 @@ def test_resnet_backbone_converts_every_batch_norm():
                 rtol=1e-4,
                 atol=1e-4,
             )
+
+
+def test_converting_a_task_says_to_convert_its_backbone():
+    classifier = keras_hub.models.ImageClassifier(
+        backbone=_backbone(), num_classes=NUM_CLASSES
+    )
+    with pytest.raises(ValueError, match="convert its backbone"):
+        keras_seqnorm.convert_normalization(classifier, "sequential")
 
 
 def test_preset_recipe_with_recalibration(tmp_path):
