@@ -96,7 +96,7 @@ def get_strategy(name):
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(gpus or cpus)
-    if name == "one_device" or gpus:
+    if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
     return tf.distribute.get_strategy()
 
@@ -227,8 +227,8 @@ def _existing_run(config, run_dir, given):
             else f"Its flags are in {path}."
         )
         raise ConfigError(
-            f"Argument `run_dir` holds a run with another config "
-            f"({differences}). {resume} To train this config, give another "
+            f"Argument `run_dir` holds a run with another config (it "
+            f"differs in {differences}). {resume} To train this config, give another "
             f"--run-dir, or none (the default directory is derived from "
             f"the config); to discard that run, delete {run_dir}. "
             f"Received: run_dir={given!r}"
