@@ -717,3 +717,34 @@ def test_the_readme_training_snippet_runs_as_written(tmp_path):
     run_dir, ghost, seqnorm = first.stdout.splitlines()[-1].split()
     assert run_dir == str(tmp_path / "runs" / "train" / runs[0])
     assert 0 <= float(ghost) <= 1 and 0 <= float(seqnorm) <= 1
+
+
+def test_the_readme_train_commands_get_their_own_directories():
+    readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+    with open(readme) as file:
+        text = file.read()
+    section = text.split("## Training:", 1)[1].split("```\n", 2)[1]
+    prefixes = ("keras-seqnorm train ", "python -m keras_seqnorm.train ")
+    commands = [
+        shlex.split(line)[len(prefix.split()):]
+        for line in section.replace("\\\n", "").splitlines()
+        for prefix in prefixes if line.startswith(prefix)
+    ]
+    assert len(commands) == 3
+    dirs = {train.resolve_run_dir(parse_config(argv)).run_dir
+            for argv in commands}
+    assert len(dirs) == 3
+
+
+def test_deterministic_switches_on_op_determinism(monkeypatch):
+    import tensorflow as tf
+
+    calls = []
+    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism",
+                        lambda: calls.append(True))
+    train._switch_on_determinism()
+    assert calls == [True]
+    assert Config(deterministic=True).deterministic is True
+    # An execution field: the same run directory.
+    assert train.resolve_run_dir(Config(deterministic=True)).run_dir == (
+        train.resolve_run_dir(Config()).run_dir)
