@@ -22,7 +22,7 @@ may be partial), standardize.
 
 Every epoch is a function of `(config.seed, epoch)` alone: the order of
 its images and every random draw of its augmentations come from stateless
-random ops seeded with them (`Data.epochs(first, last)`), so a run resumed
+random ops seeded with them (`Data.epoch_dataset(epoch)`), so a run resumed
 at epoch `e` trains on the very batches the uninterrupted run trained on
 from epoch `e`. The shuffle permutes windows of `SHUFFLE_WINDOW` images
 (every image of the cached data sets, 10,000 consecutive records of
@@ -78,7 +78,7 @@ class Data:
     Attributes:
         epoch_batches: Function of an epoch number (an int64 tensor) giving
             that epoch's training batches `(images, one_hot_labels)`,
-            `steps_per_epoch` of them; see `epochs`.
+            `steps_per_epoch` of them; see `epoch_dataset`.
         validation: Evaluation batches of the validation split (the test
             split when `validation_is_test`).
         test: Evaluation batches of the test split.
@@ -102,22 +102,30 @@ class Data:
     steps_per_epoch: int
     validation_is_test: bool
 
-    def epochs(self, first, last):
-        """The training batches of epochs `first, ..., last - 1`, in order:
-        `(last - first) * steps_per_epoch` batches for
-        `fit(steps_per_epoch=steps_per_epoch, initial_epoch=first)`."""
-        dataset = tf.data.Dataset.range(first, last).flat_map(
-            self.epoch_batches
+    def epoch_dataset(self, epoch):
+        """The training batches of `epoch`, `steps_per_epoch` of them.
+
+        Args:
+            epoch: An int, or an int64 `tf.Variable` read each time the
+                dataset is iterated: one dataset then serves every epoch of
+                `fit`, which iterates it anew each epoch, when a callback
+                assigns the epoch at `on_epoch_begin`.
+        """
+        if isinstance(epoch, tf.Variable):
+            epochs = tf.data.Dataset.range(1).map(
+                lambda _: epoch.read_value()
+            )
+        else:
+            epochs = tf.data.Dataset.from_tensors(tf.constant(epoch, tf.int64))
+        dataset = epochs.flat_map(self.epoch_batches).apply(
+            tf.data.experimental.assert_cardinality(self.steps_per_epoch)
         )
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(
-            (last - first) * self.steps_per_epoch
-        ))
         return _with_options(dataset.prefetch(AUTOTUNE))
 
     @property
     def train(self):
         """The training batches of the first epoch."""
-        return self.epochs(0, 1)
+        return self.epoch_dataset(0)
 
 
 def resolve_data_fields(config):

@@ -228,9 +228,10 @@ def _existing_run(config, run_dir, given):
         )
         raise ConfigError(
             f"Argument `run_dir` holds a run with another config (it "
-            f"differs in {differences}). {resume} To train this config, give another "
-            f"--run-dir, or none (the default directory is derived from "
-            f"the config); to discard that run, delete {run_dir}. "
+            f"differs in {differences}). {resume} To train this config, "
+            f"give another --run-dir, or none (the default directory is "
+            f"derived from the config); to discard that run, delete "
+            f"{run_dir}. "
             f"Received: run_dir={given!r}"
         )
     results = os.path.join(run_dir, RESULTS_FILE)
@@ -415,6 +416,18 @@ def run(config, callbacks=()):
     return results
 
 
+class _EpochFeed(keras.callbacks.Callback):
+    """Assigns each epoch's number to the variable the training data set
+    reads when `fit` iterates it for that epoch (`Data.epoch_dataset`)."""
+
+    def __init__(self, variable):
+        super().__init__()
+        self.variable = variable
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.variable.assign(epoch)
+
+
 def _train(model, data, config, run_dir, backup, callbacks):
     """`fit` from the backup's epoch, then the test evaluation.
 
@@ -426,15 +439,16 @@ def _train(model, data, config, run_dir, backup, callbacks):
     own = get_callbacks(config, run_dir, backup)
     (guard,) = [c for c in own if isinstance(c, StopOnNaN)]
     first = backup["epoch"] if backup else 0
+    import tensorflow as tf
+
+    epoch = tf.Variable(first, dtype=tf.int64, trainable=False)
     try:
         model.fit(
-            # A finished fit still needs a batch to build its metrics.
-            data.epochs(min(first, config.epochs - 1), config.epochs),
-            steps_per_epoch=data.steps_per_epoch,
+            data.epoch_dataset(epoch),
             validation_data=data.validation,
             epochs=config.epochs,
             initial_epoch=first,
-            callbacks=own + list(callbacks),
+            callbacks=[_EpochFeed(epoch), *own, *callbacks],
             verbose=config.verbose,
             shuffle=False,  # Each epoch is shuffled by `data.epochs`.
         )

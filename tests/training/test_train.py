@@ -662,9 +662,11 @@ def _weights(path):
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     # Every source of randomness: shuffling, per-image RandAugment, every
     # per-batch augmentation and the noise of NoisyBatchNormalization.
+    # Two steps per execution, which do not divide the 19 of an epoch.
     flags = ["--epochs", "3", "--norm", "noisy_batch", "--flip",
              "--pad-crop", "2", "--cutout", "4", "--mixup", "0.2",
-             "--randaugment", "1,6", "--verbose", "0", "--seed", "3"]
+             "--randaugment", "1,6", "--verbose", "0", "--seed", "3",
+             "--steps-per-execution", "2"]
     whole = str(tmp_path / "whole.npz")
     done = _subprocess(KILLABLE, *flags, "--run-dir",
                        str(tmp_path / "whole"), env={"WEIGHTS_OUT": whole})
@@ -674,7 +676,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     argv = [*flags, "--run-dir", str(run_dir)]
     resumed = str(tmp_path / "resumed.npz")
     # Killed in the middle of the second epoch, after the first backup.
-    _killed(KILLABLE, argv, {"WEIGHTS_OUT": resumed, "HOLD_AT_BATCH": "1,7"})
+    _killed(KILLABLE, argv, {"WEIGHTS_OUT": resumed, "HOLD_AT_BATCH": "1,6"})
     assert _backed_up(str(run_dir)) == 1
     os.remove(resumed + ".holding")
     # Killed while writing the backup of the second epoch.
