@@ -68,7 +68,8 @@ DATASET_DEFAULTS = {
 
 class DatasetUnavailableError(ConfigError):
     """A TensorFlow Datasets data set is not in `--data-dir` and could not
-    be prepared."""
+    be prepared. The message is one line that says the way out
+    (`--data-dir`, `--download`, `--manual-dir`, a network, a package)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,25 +225,50 @@ def _import_tfds(dataset):
     return tfds
 
 
+def _one_line(error):
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def _missing_package(dataset, error, received):
+    return DatasetUnavailableError(
+        f"TensorFlow Datasets cannot prepare {dataset!r}: a package it "
+        f"needs is missing ({_one_line(error)}). Install it (pip install "
+        "'keras-seqnorm[train]' installs what TensorFlow Datasets needs), "
+        f"or point --data-dir at a directory where {dataset} is prepared. "
+        + received
+    )
+
+
 def _tfds_builder(config):
-    tfds = _import_tfds(config.dataset)
-    builder = tfds.builder(config.dataset, data_dir=config.data_dir)
-    if builder.is_prepared():
-        return tfds, builder
+    dataset = config.dataset
+    tfds = _import_tfds(dataset)
+    received = f"Received: data_dir={config.data_dir!r}"
+    try:
+        builder = tfds.builder(dataset, data_dir=config.data_dir)
+        if builder.is_prepared():
+            return tfds, builder
+    except ImportError as error:
+        raise _missing_package(dataset, error, received) from None
     where = (
         f"--data-dir {config.data_dir}"
         if config.data_dir
         else "--data-dir (default ~/tensorflow_datasets or $TFDS_DATA_DIR)"
     )
-    received = f"Received: data_dir={config.data_dir!r}"
+    prepare_elsewhere = (
+        "prepare it where the internet is reachable (`tfds build "
+        f"{dataset} --data_dir DIR`) and point --data-dir at DIR. "
+    )
     if not config.download:
         raise DatasetUnavailableError(
-            f"The data set {config.dataset!r} is not prepared in {where} and "
-            "--no-download was given. Point --data-dir at a directory that "
-            f"holds it (`tfds build {config.dataset} --data_dir DIR`). "
+            f"The data set {dataset!r} is not prepared in {where} and "
+            "--no-download forbids downloading it: drop --no-download (or "
+            "give --download) to let TensorFlow Datasets download it, or "
+            + prepare_elsewhere
             + received
         )
-    if config.dataset == "imagenet2012" and not config.manual_dir:
+    imagenet = dataset == "imagenet2012"
+    if imagenet and not config.manual_dir:
         raise DatasetUnavailableError(
             f"imagenet2012 is not prepared in {where}. TensorFlow Datasets "
             "cannot download it: give --manual-dir, the directory holding "
@@ -255,15 +281,30 @@ def _tfds_builder(config):
                 manual_dir=config.manual_dir
             )
         )
-    except Exception as error:  # Any failure of a download is the same.
-        reason = str(error).strip().splitlines()
-        reason = f"{type(error).__name__}: {reason[0] if reason else ''}"
-        raise DatasetUnavailableError(
-            f"The data set {config.dataset!r} is not prepared in {where} and "
-            f"could not be downloaded ({reason}). Prepare it where the "
-            f"internet is reachable (`tfds build {config.dataset} "
-            "--data_dir DIR`) and point --data-dir at DIR. " + received
-        ) from None
+    except ImportError as error:
+        raise _missing_package(dataset, error, received) from None
+    except Exception as error:  # Whatever stopped it: one line, a way out.
+        reason = _one_line(error)
+        if imagenet:
+            way_out = (
+                f"imagenet2012 could not be prepared from --manual-dir "
+                f"{config.manual_dir} into {where} ({reason}). --manual-dir "
+                "must hold ILSVRC2012_img_train.tar and "
+                "ILSVRC2012_img_val.tar, and --data-dir must be writable. "
+            )
+        elif isinstance(error, OSError) and error.filename:
+            # A local file, not the network: requests' errors have none.
+            way_out = (
+                f"The data set {dataset!r} could not be written in {where} "
+                f"({reason}). Give --data-dir a directory you can write to. "
+            )
+        else:
+            way_out = (
+                f"The data set {dataset!r} is not prepared in {where} and "
+                f"could not be downloaded ({reason}). Check the network and "
+                "rerun, or " + prepare_elsewhere
+            )
+        raise DatasetUnavailableError(way_out + received) from None
     return tfds, builder
 
 
