@@ -110,7 +110,9 @@ class Config:
     The fields are listed with their flags by `keras-seqnorm train --help`;
     each field's `help` (in `dataclasses.fields(Config)`) documents it.
     `run(config)` resolves the `None` data fields from the data set and
-    writes the resolved config to `RUN_DIR/config.json`.
+    a `None` `run_dir` from the config (`train.resolve_run_dir`), and
+    writes the resolved config to `RUN_DIR/config.json` once the run has
+    started.
     """
 
     preset: str | None = _option(

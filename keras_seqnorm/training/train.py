@@ -153,7 +153,7 @@ def _read_json(path, what, run_dir):
 def resolve_run_dir(config):
     """`config` with its data fields resolved (`resolve_data_fields`) and
     `run_dir` set: the one given, else the default
-    `runs/train/MODEL-DATASET-NORM-ID`, where ID (`config.run_id`) hashes
+    `runs/train/MODEL-DATASET-NORM-ID`, where ID (`run_id(config)`) hashes
     every field but the execution ones, so the same command finds the same
     directory and another config another one."""
     config = resolve_data_fields(config)
