@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import requests
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_seqnorm.training import data as data_lib
@@ -298,3 +299,40 @@ def test_dataset_defaults():
         "digits", "mnist", "cifar10", "cifar100", "imagenet2012"}
     config = resolve_data_fields(Config(dataset="cifar100"))
     assert (config.image_size, config.validation_size) == (32, 5000)
+
+
+def test_each_epoch_is_a_function_of_the_seed_and_the_epoch():
+    fields = dict(dataset="digits", batch_size=64, flip=True, pad_crop=2,
+                  cutout=4, mixup=0.2, randaugment=(1, 6), seed=3)
+    data = _load(**fields)
+    first = _batches(data.epoch_dataset(1))
+    assert len(first) == data.steps_per_epoch
+    # A new pipeline, as a resumed run builds: the same batches.
+    again = _batches(_load(**fields).epoch_dataset(1))
+    for (x, y), (x2, y2) in zip(first, again):
+        np.testing.assert_array_equal(x, x2)
+        np.testing.assert_array_equal(y, y2)
+    other_epoch = _batches(data.epoch_dataset(2))
+    assert not np.array_equal(first[0][0], other_epoch[0][0])
+    other_seed = _batches(_load(**{**fields, "seed": 4}).epoch_dataset(1))
+    assert not np.array_equal(first[0][0], other_seed[0][0])
+    # One data set for every epoch of `fit`, reading the epoch variable.
+    epoch = tf.Variable(0, dtype=tf.int64)
+    dataset = data.epoch_dataset(epoch)
+    epoch.assign(1)
+    for (x, _), (x2, _) in zip(first, _batches(dataset)):
+        np.testing.assert_array_equal(x, x2)
+
+
+def test_an_epoch_is_a_permutation_of_the_training_split():
+    data = _load(dataset="digits", batch_size=419)  # 3 batches, no rest
+    plain = load_data(resolve_data_fields(Config(batch_size=1257)))
+    (images, labels), = _batches(plain.epoch_dataset(0))
+    epochs = []
+    for epoch in (0, 1):
+        batches = _batches(data.epoch_dataset(epoch))
+        epochs.append(np.concatenate([x for x, _ in batches]))
+        assert epochs[-1].shape == images.shape
+        order = lambda a: a[np.lexsort(a.reshape(len(a), -1).T)]  # noqa: E731
+        np.testing.assert_array_equal(order(epochs[-1]), order(images))
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled
