@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_seqnorm.training import augment
+from keras_seqnorm.training.config import DATASET_DEFAULTS
 from keras_seqnorm.training.config import ConfigError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -45,26 +46,6 @@ DIGITS_TEST_SIZE = 360
 SHUFFLE_WINDOW = {"imagenet2012": 10_000}
 # Streams of stateless seeds per epoch: one per image, one per batch.
 _IMAGE_STREAM, _BATCH_STREAM, _SHUFFLE_STREAM = 0, 1, 2
-
-# Image side, default validation size, test split and per-channel
-# mean/std of the pixel values in [0, 255] (digits: from its training split).
-DATASET_DEFAULTS = {
-    "digits": (16, 180, None, None),
-    "mnist": (28, 5000, "test", ((33.32,), (78.57,))),
-    "cifar10": (
-        32, 5000, "test",
-        ((125.31, 122.95, 113.87), (62.99, 62.09, 66.70)),
-    ),
-    "cifar100": (
-        32, 5000, "test",
-        ((129.30, 124.07, 112.43), (68.17, 65.39, 70.42)),
-    ),
-    "imagenet2012": (
-        224, 0, "validation",
-        ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
-    ),
-}
-
 
 class DatasetUnavailableError(ConfigError):
     """A TensorFlow Datasets data set is not in `--data-dir` and could not
@@ -127,21 +108,6 @@ class Data:
     def train(self):
         """The training batches of the first epoch."""
         return self.epoch_dataset(0)
-
-
-def resolve_data_fields(config):
-    """`config` with `image_size` and `validation_size` set to the data
-    set's defaults where they are `None`."""
-    size, validation, _, _ = DATASET_DEFAULTS[config.dataset]
-    return dataclasses.replace(
-        config,
-        image_size=size if config.image_size is None else config.image_size,
-        validation_size=(
-            validation
-            if config.validation_size is None
-            else config.validation_size
-        ),
-    )
 
 
 def stratified_split(labels, size, seed=SPLIT_SEED):
@@ -321,7 +287,7 @@ def _labels(tfds, builder):
 
 def _tfds(config):
     tfds, builder = _tfds_builder(config)
-    _, _, test_split, stats = DATASET_DEFAULTS[config.dataset]
+    defaults = DATASET_DEFAULTS[config.dataset]
 
     def split(name):
         dataset = builder.as_dataset(
@@ -330,7 +296,7 @@ def _tfds(config):
         return dataset, int(dataset.cardinality())
 
     train, train_size = split("train")
-    test, test_size = split(test_split)
+    test, test_size = split(defaults.test_split)
     validation, validation_size = test, test_size
     if config.validation_size:
         _check_validation_size(config, train_size)
@@ -358,7 +324,7 @@ def _tfds(config):
         "test": (test, test_size),
         "num_classes": features["label"].num_classes,
         "channels": features["image"].shape[-1],
-        "stats": stats,
+        "stats": defaults.stats,
     }
 
 
