@@ -30,7 +30,7 @@ test: lint package test-tf test-jax
 # a folder of its own, not from this checkout).
 package: $(STAMP)
 	rm -rf dist
-	$(PY) -m build --no-isolation --outdir dist .
+	$(PY) -m build --quiet --no-isolation --outdir dist .
 	$(PY) -m twine check --strict dist/*
 	$(PY) .ci/check_dist.py dist
 
