@@ -41,7 +41,7 @@ test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q -ra $(JAX_TESTS)
 
 demo: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm.cli compare \
+	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm compare \
 		--dataset digits --model simplecnn --norms batch,ghost,sequential \
 		--seeds 3 --run-dir runs/demo
 
@@ -49,7 +49,7 @@ bench: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) benchmarks/run.py
 
 reproduce: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm.cli reproduce \
+	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm reproduce \
 		--run-dir runs/reproduce --out docs/results.md
 
 clean:

@@ -29,6 +29,7 @@ failed ones (`compare.json`'s `failed`) and exits with status 1.
 import os
 
 from keras_seqnorm import validation
+from keras_seqnorm.analysis import plots
 from keras_seqnorm.norms import check_norm_names
 from keras_seqnorm.norms import group_arguments
 from keras_seqnorm.training.config import ConfigError
@@ -116,40 +117,6 @@ def format_table(summary):
     return "\n".join(lines)
 
 
-def plot_curves(runs, path, title=None):
-    """Validation accuracy per epoch, one line per norm: the mean over its
-    seeds, shaded between their minimum and maximum. Writes a PNG."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    figure = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(figure)
-    axis = figure.subplots()
-    for index, norm in enumerate(dict.fromkeys(r["norm"] for r in runs)):
-        curves = [r["val_accuracy_curve"] for r in runs if r["norm"] == norm]
-        length = min(len(curve) for curve in curves)
-        values = np.array([curve[:length] for curve in curves])
-        epochs = np.arange(1, length + 1)
-        color = f"C{index}"
-        axis.plot(epochs, values.mean(axis=0), color=color, label=norm)
-        axis.fill_between(
-            epochs, values.min(axis=0), values.max(axis=0), color=color,
-            alpha=0.2,
-        )
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("validation accuracy")
-    if title:
-        axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    return path
-
-
 def default_root(recipe):
     """`runs/compare/MODEL-DATASET-ID`: ID hashes the recipe (a dict of
     `Config` field values), but the norms and seeds."""
@@ -232,7 +199,7 @@ def compare(norms=DEFAULT_NORMS, seeds=3, run_dir=None, title=None,
     os.makedirs(root, exist_ok=True)
     if runs:
         first = configs[0]
-        figure = plot_curves(
+        figure = plots.plot_curves(
             runs, os.path.join(root, FIGURE_FILE),
             title=title or f"{first.dataset}, {first.model}: {seeds} "
             "seed(s)",
