@@ -206,7 +206,24 @@ def _missing_package(dataset, error, received):
     )
 
 
+def _where(config):
+    return (
+        f"--data-dir {config.data_dir}"
+        if config.data_dir
+        else "--data-dir (default ~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    )
+
+
+def _prepare_elsewhere(dataset):
+    return (
+        "prepare it where the internet is reachable (`tfds build "
+        f"{dataset} --data_dir DIR`) and point --data-dir at DIR. "
+    )
+
+
 def _tfds_builder(config):
+    """TensorFlow Datasets and the builder of `config.dataset`, prepared
+    (downloaded if allowed) in `config.data_dir`."""
     dataset = config.dataset
     tfds = _import_tfds(dataset)
     received = f"Received: data_dir={config.data_dir!r}"
@@ -216,25 +233,16 @@ def _tfds_builder(config):
             return tfds, builder
     except ImportError as error:
         raise _missing_package(dataset, error, received) from None
-    where = (
-        f"--data-dir {config.data_dir}"
-        if config.data_dir
-        else "--data-dir (default ~/tensorflow_datasets or $TFDS_DATA_DIR)"
-    )
-    prepare_elsewhere = (
-        "prepare it where the internet is reachable (`tfds build "
-        f"{dataset} --data_dir DIR`) and point --data-dir at DIR. "
-    )
+    where = _where(config)
     if not config.download:
         raise DatasetUnavailableError(
             f"The data set {dataset!r} is not prepared in {where} and "
             "--no-download forbids downloading it: drop --no-download (or "
             "give --download) to let TensorFlow Datasets download it, or "
-            + prepare_elsewhere
+            + _prepare_elsewhere(dataset)
             + received
         )
-    imagenet = dataset == "imagenet2012"
-    if imagenet and not config.manual_dir:
+    if dataset == "imagenet2012" and not config.manual_dir:
         raise DatasetUnavailableError(
             f"imagenet2012 is not prepared in {where}. TensorFlow Datasets "
             "cannot download it: give --manual-dir, the directory holding "
@@ -250,28 +258,33 @@ def _tfds_builder(config):
     except ImportError as error:
         raise _missing_package(dataset, error, received) from None
     except Exception as error:  # Whatever stopped it: one line, a way out.
-        reason = _one_line(error)
-        if imagenet:
-            way_out = (
-                f"imagenet2012 could not be prepared from --manual-dir "
-                f"{config.manual_dir} into {where} ({reason}). --manual-dir "
-                "must hold ILSVRC2012_img_train.tar and "
-                "ILSVRC2012_img_val.tar, and --data-dir must be writable. "
-            )
-        elif isinstance(error, OSError) and error.filename:
-            # A local file, not the network: requests' errors have none.
-            way_out = (
-                f"The data set {dataset!r} could not be written in {where} "
-                f"({reason}). Give --data-dir a directory you can write to. "
-            )
-        else:
-            way_out = (
-                f"The data set {dataset!r} is not prepared in {where} and "
-                f"could not be downloaded ({reason}). Check the network and "
-                "rerun, or " + prepare_elsewhere
-            )
-        raise DatasetUnavailableError(way_out + received) from None
+        raise DatasetUnavailableError(
+            _failed_preparation(config, error) + received
+        ) from None
     return tfds, builder
+
+
+def _failed_preparation(config, error):
+    """What went wrong preparing `config.dataset`, and the way out."""
+    dataset, where, reason = config.dataset, _where(config), _one_line(error)
+    if dataset == "imagenet2012":
+        return (
+            f"imagenet2012 could not be prepared from --manual-dir "
+            f"{config.manual_dir} into {where} ({reason}). --manual-dir "
+            "must hold ILSVRC2012_img_train.tar and "
+            "ILSVRC2012_img_val.tar, and --data-dir must be writable. "
+        )
+    if isinstance(error, OSError) and error.filename:
+        # A local file, not the network: requests' errors have none.
+        return (
+            f"The data set {dataset!r} could not be written in {where} "
+            f"({reason}). Give --data-dir a directory you can write to. "
+        )
+    return (
+        f"The data set {dataset!r} is not prepared in {where} and "
+        f"could not be downloaded ({reason}). Check the network and "
+        "rerun, or " + _prepare_elsewhere(dataset)
+    )
 
 
 def _labels(tfds, builder):
@@ -463,23 +476,7 @@ def _training(dataset, size, config, batch_size, channels, prepare,
             image = fn(image, fn_seed)
         return image, label
 
-    def augment_batch(index, batch, seed):
-        images, labels = standardize(*batch)
-        batch_seed = tf.random.experimental.stateless_fold_in(seed, index)
-        crop_seed, flip_seed, cutout_seed, mixup_seed = augment.split_seed(
-            batch_seed, 4
-        )
-        if config.pad_crop:
-            images = augment.pad_and_crop(images, config.pad_crop, crop_seed)
-        if config.flip:
-            images = augment.random_flip(images, flip_seed)
-        if config.cutout:
-            images = augment.cutout(images, config.cutout, cutout_seed)
-        if config.mixup:
-            images, labels = augment.mixup(
-                images, labels, config.mixup, mixup_seed
-            )
-        return images, labels
+    augment_batch = _batch_augmentation(config)
 
     def epoch_batches(epoch):
         seed = tf.stack([tf.constant(config.seed, tf.int64),
@@ -496,11 +493,36 @@ def _training(dataset, size, config, batch_size, channels, prepare,
             )
         batches = batches.batch(batch_size, drop_remainder=True)
         return batches.enumerate().map(
-            lambda i, batch: augment_batch(i, batch, batch_seed),
+            lambda i, batch: augment_batch(*standardize(*batch), i, batch_seed),
             num_parallel_calls=AUTOTUNE,
         )
 
     return epoch_batches
+
+
+def _batch_augmentation(config):
+    """The per-batch augmentation of `config`: a function of a standardized
+    batch `(images, labels)`, its index in the epoch and the epoch's batch
+    seed."""
+
+    def augment_batch(images, labels, index, seed):
+        batch_seed = tf.random.experimental.stateless_fold_in(seed, index)
+        crop_seed, flip_seed, cutout_seed, mixup_seed = augment.split_seed(
+            batch_seed, 4
+        )
+        if config.pad_crop:
+            images = augment.pad_and_crop(images, config.pad_crop, crop_seed)
+        if config.flip:
+            images = augment.random_flip(images, flip_seed)
+        if config.cutout:
+            images = augment.cutout(images, config.cutout, cutout_seed)
+        if config.mixup:
+            images, labels = augment.mixup(
+                images, labels, config.mixup, mixup_seed
+            )
+        return images, labels
+
+    return augment_batch
 
 
 def _with_options(dataset):
