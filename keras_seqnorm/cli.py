@@ -72,12 +72,21 @@ class Command:
     tensorflow: bool = True
 
 
-def _norm_names(name, default):
-    return comma_list(
-        name, str, f"distinct names from {', '.join(NORM_LAYERS)}, "
-        "separated by commas", default, distinct=True,
-        check=NORM_LAYERS.__contains__,
+def _norms_parser(command, description, exclude, default, help):
+    """The train flags of `command` (less `exclude`) and a group of the
+    command's own, starting with `--norms` (`default`, `help`)."""
+    parser = build_parser(prog=f"keras-seqnorm {command}",
+                          description=description, exclude=exclude)
+    group = parser.add_argument_group(command)
+    group.add_argument(
+        "--norms", metavar="LIST", help=f"{help} (default: {default}).",
+        type=comma_list(
+            "norms", str, f"distinct names from {', '.join(NORM_LAYERS)}, "
+            "separated by commas", default, distinct=True,
+            check=NORM_LAYERS.__contains__,
+        ),
     )
+    return parser, group
 
 
 def _given(namespace, names):
@@ -130,18 +139,13 @@ _COMPARE_FLAGS = {"norms": "norms", "seeds": "seeds", "compare_dir": "run_dir"}
 
 
 def _compare_parser():
-    parser = build_parser(
-        prog="keras-seqnorm compare",
-        description="Train one recipe with several norms and seeds; "
-        "tabulate and plot the accuracies.",
-        exclude=("norm", "seed", "run_dir"),
-    )
-    group = parser.add_argument_group("compare")
-    group.add_argument(
-        "--norms", type=_norm_names("norms", "batch,ghost,sequential"),
-        metavar="LIST",
-        help="Norms to compare, separated by commas (default: "
-        "batch,ghost,sequential).",
+    parser, group = _norms_parser(
+        "compare",
+        "Train one recipe with several norms and seeds; tabulate and plot "
+        "the accuracies.",
+        ("norm", "seed", "run_dir"),
+        "batch,ghost,sequential",
+        "Norms to compare, separated by commas",
     )
     group.add_argument(
         "--seeds", type=int, metavar="N",
@@ -186,17 +190,13 @@ _LANDSCAPE_FLAGS = {
 
 
 def _landscape_parser():
-    parser = build_parser(
-        prog="keras-seqnorm landscape",
-        description="Loss-landscape probes during training (Santurkar et "
-        "al. 2018), one model per norm.",
-        exclude=("norm", "run_dir", "validation_size"),
-    )
-    group = parser.add_argument_group("landscape")
-    group.add_argument(
-        "--norms", type=_norm_names("norms", "none,batch,ghost"),
-        metavar="LIST",
-        help="Norms to train, one model each (default: none,batch,ghost).",
+    parser, group = _norms_parser(
+        "landscape",
+        "Loss-landscape probes during training (Santurkar et al. 2018), one "
+        "model per norm.",
+        ("norm", "run_dir", "validation_size"),
+        "none,batch,ghost",
+        "Norms to train, one model each",
     )
     group.add_argument(
         "--run-dir", dest="landscape_dir", metavar="DIR",
