@@ -709,7 +709,7 @@ def _readme_block(marker):
 
 @pytest.mark.slow
 def test_the_readme_training_snippet_runs_as_written(tmp_path):
-    script = _readme_block("from keras_seqnorm.training import Config, train")
+    script = _readme_block("seqnorm = train(parse_config(")
     first = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
         text=True, timeout=600,
