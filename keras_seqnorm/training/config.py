@@ -147,7 +147,7 @@ def _check_randaugment(name, value):
     if (
         not isinstance(value, tuple)
         or len(value) != 2
-        or not all(_is_int(v) for v in value)
+        or not all(validation.is_integer(v) for v in value)
         or value[0] < 1
         or not 0 <= value[1] <= 30
     ):
@@ -159,14 +159,8 @@ def _check_jit_compile(name, value):
         _fail(name, "'auto', True or False", value)
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value):
-    return _is_int(value) or (
-        isinstance(value, float) and math.isfinite(value)
-    )
+    return validation.is_number(value) and math.isfinite(value)
 
 
 def _option(default, help, kind=str, group="training", choices=None,
