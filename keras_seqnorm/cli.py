@@ -58,16 +58,19 @@ class Command:
 
     Attributes:
         summary: One line for `keras-seqnorm --help`.
-        parser: Builds the command's parser (without importing Keras).
+        parser: Builds the command's parser (without importing Keras), or
+            `None` for a command that parses its own flags (`bench`, whose
+            parser lives with the benchmark).
         run: `run(namespace)` calls the command's function with the parsed
-            flags, prints its outcome and returns its result.
+            flags, prints its outcome and returns its result; without a
+            `parser`, `run(argv)` takes the command's arguments.
         tensorflow: Whether the command needs TensorFlow whatever the
             backend (its `tf.data` pipelines), so that TensorFlow is
             imported with its log lines silenced too.
     """
 
     summary: str
-    parser: typing.Callable[[], argparse.ArgumentParser]
+    parser: typing.Callable[[], argparse.ArgumentParser] | None
     run: typing.Callable[[argparse.Namespace], object]
     tensorflow: bool = True
 
@@ -473,7 +476,11 @@ def _stderr_silenced():
     """Sends the process's file descriptor 2 (C++ logging included) to
     /dev/null inside the block."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # No stderr to silence.
+        yield
+        return
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)

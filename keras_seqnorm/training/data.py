@@ -30,6 +30,7 @@ ImageNet's shuffled TFDS files).
 """
 
 import dataclasses
+import typing
 
 import numpy as np
 import tensorflow as tf
@@ -46,6 +47,19 @@ DIGITS_TEST_SIZE = 360
 SHUFFLE_WINDOW = {"imagenet2012": 10_000}
 # Streams of stateless seeds per epoch: one per image, one per batch.
 _IMAGE_STREAM, _BATCH_STREAM, _SHUFFLE_STREAM = 0, 1, 2
+
+class _Source(typing.NamedTuple):
+    """A data set's splits before the pipelines: `train`, `validation` and
+    `test` as `(dataset of (image, label), size)`, the `num_classes`, the
+    image `channels` and the per-channel `(mean, std)` `stats`."""
+
+    train: tuple
+    validation: tuple
+    test: tuple
+    num_classes: int
+    channels: int
+    stats: tuple
+
 
 class DatasetUnavailableError(ConfigError):
     """A TensorFlow Datasets data set is not in `--data-dir` and could not
@@ -170,14 +184,14 @@ def _digits(config):
 
     if config.validation_size == 0:
         validation = test
-    return {
-        "train": (source(train), len(train)),
-        "validation": (source(validation), len(validation)),
-        "test": (source(test), len(test)),
-        "num_classes": 10,
-        "channels": 1,
-        "stats": (mean, std),
-    }
+    return _Source(
+        train=(source(train), len(train)),
+        validation=(source(validation), len(validation)),
+        test=(source(test), len(test)),
+        num_classes=10,
+        channels=1,
+        stats=(mean, std),
+    )
 
 
 def _import_tfds(dataset):
@@ -331,14 +345,14 @@ def _tfds(config):
         train, validation = subset(False, len(kept)), subset(True, len(held))
         train_size, validation_size = len(kept), len(held)
     features = builder.info.features
-    return {
-        "train": (train, train_size),
-        "validation": (validation, validation_size),
-        "test": (test, test_size),
-        "num_classes": features["label"].num_classes,
-        "channels": features["image"].shape[-1],
-        "stats": defaults.stats,
-    }
+    return _Source(
+        train=(train, train_size),
+        validation=(validation, validation_size),
+        test=(test, test_size),
+        num_classes=features["label"].num_classes,
+        channels=features["image"].shape[-1],
+        stats=defaults.stats,
+    )
 
 
 def load_data(config):
@@ -360,7 +374,7 @@ def load_data(config):
     """
     batch_size = config.batch_size
     source = _digits(config) if config.dataset == "digits" else _tfds(config)
-    train, train_size = source["train"]
+    train, train_size = source.train
     steps = train_size // batch_size
     if steps < 1:
         raise ConfigError(
@@ -368,11 +382,11 @@ def load_data(config):
             f"training images of {config.dataset}. "
             f"Received: batch_size={batch_size}"
         )
-    channels = source["channels"]
-    mean, std = (np.asarray(s, np.float32) for s in source["stats"])
+    channels = source.channels
+    mean, std = (np.asarray(s, np.float32) for s in source.stats)
     imagenet = config.dataset == "imagenet2012"
     size = config.image_size
-    num_classes = source["num_classes"]
+    num_classes = source.num_classes
 
     def prepare(image, label):
         image = tf.cast(image, tf.float32)
@@ -397,8 +411,8 @@ def load_data(config):
         )
         return _with_options(dataset.prefetch(AUTOTUNE))
 
-    validation, validation_size = source["validation"]
-    test, test_size = source["test"]
+    validation, validation_size = source.validation
+    test, test_size = source.test
     return Data(
         epoch_batches=_training(
             train, train_size, config, batch_size, channels, prepare,
