@@ -1,9 +1,12 @@
 """The training configuration: one frozen dataclass, and its flags.
 
 Every field of `Config` is a flag of `keras-seqnorm train` (`batch_size` is
-`--batch-size`, booleans also have a `--no-` form), documented by the
-field's `help`. Values come, in increasing priority, from the field
-defaults, the `--preset` (see `presets.py`) and the flags given:
+`--batch-size`, booleans also have a `--no-` form). Each field is declared
+once (`_option`): its help, its kind, its choices or bounds; the flag, the
+check `Config` runs on construction and the `--help` line all derive from
+that declaration. Values come, in increasing priority, from the field
+defaults, the `--preset` (see `presets.py`) and the flags given
+(`make_config` does the same from Python):
 
 ```python
 config = parse_config(["--preset", "cifar10-wrn28-10", "--norm", "ghost"])
