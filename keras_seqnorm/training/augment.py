@@ -42,6 +42,7 @@ import functools
 
 import tensorflow as tf
 
+from keras_seqnorm import validation
 from keras_seqnorm.training.config import ConfigError
 
 RANDAUGMENT_MAX_MAGNITUDE = 30
@@ -55,11 +56,7 @@ SOLARIZE_MAX_ADDITION = 110.0
 def randaugment_magnitude(m):
     """keras-cv `magnitude` for the paper's RandAugment magnitude `m` in
     `[0, 30]`: `m / 30`."""
-    if not 0 <= m <= RANDAUGMENT_MAX_MAGNITUDE:
-        raise ValueError(
-            "Argument `m` must be in [0, 30]. "
-            f"Received: m={m}"
-        )
+    validation.number("m", m, low=0, high=RANDAUGMENT_MAX_MAGNITUDE)
     return m / RANDAUGMENT_MAX_MAGNITUDE
 
 
