@@ -28,6 +28,15 @@ import numpy as np
 from keras import ops
 
 from keras_seqnorm import validation
+from keras_seqnorm.analysis import plots
+from keras_seqnorm.norms import check_norm_names
+from keras_seqnorm.training import trainer
+from keras_seqnorm.training.config import ConfigError
+from keras_seqnorm.training.config import default_run_dir
+from keras_seqnorm.training.config import make_config
+from keras_seqnorm.training.config import norm_config
+from keras_seqnorm.training.config import recipe_id
+from keras_seqnorm.training.config import resolve_data_fields
 from keras_seqnorm.utils import current_learning_rate
 from keras_seqnorm.utils import write_json
 
@@ -350,7 +359,6 @@ _PER_RUN = ("norm", "run_dir", "validation_size")
 def _training_data(config):
     """The training pipeline of `config`, built on first use inside `fit`
     (after `train` has created the strategy)."""
-    from keras_seqnorm.training.config import resolve_data_fields
     from keras_seqnorm.training.data import load_data
 
     return load_data(resolve_data_fields(config)).train
@@ -368,17 +376,11 @@ def default_root(recipe, etas=None, relative=False, every_n_steps=1):
     """`runs/landscape/MODEL-DATASET-ID`: ID hashes the recipe (a dict of
     `Config` field values) and the probes (see `landscape`), but the
     norms."""
-    from keras_seqnorm.training import config as config_lib
-
     etas = _etas(etas, relative)
     recipe = {**recipe, "validation_size": 0}
-    base = config_lib.make_config(recipe, norm="sequential")
-    identity = config_lib.recipe_id(
-        recipe, probes=[list(etas), relative, every_n_steps]
-    )
-    return config_lib.default_run_dir(
-        "landscape", base.model, base.dataset, identity
-    )
+    base = make_config(recipe, norm="sequential")
+    identity = recipe_id(recipe, probes=[list(etas), relative, every_n_steps])
+    return default_run_dir("landscape", base.model, base.dataset, identity)
 
 
 def landscape(norms=DEFAULT_NORMS, etas=None, relative=False,
@@ -418,10 +420,6 @@ def landscape(norms=DEFAULT_NORMS, etas=None, relative=False,
         ConfigError: for bad `norms`, `etas` or `every_n_steps`, or a
             recipe that cannot run.
     """
-    from keras_seqnorm.analysis import plots
-    from keras_seqnorm.norms import check_norm_names
-    from keras_seqnorm.training.config import ConfigError
-
     norms = check_norm_names("norms", norms, ConfigError)
     etas = _etas(etas, relative, ConfigError)
     every_n_steps = validation.positive_int("every_n_steps", every_n_steps,
@@ -431,36 +429,33 @@ def landscape(norms=DEFAULT_NORMS, etas=None, relative=False,
             validation.fail(name, "set by landscape, not in the recipe",
                             recipe[name], ConfigError)
     root = run_dir or default_root(recipe, etas, relative, every_n_steps)
-    probes, failed = {}, []
-    for norm in norms:
-        run = _train_with_probe(
+    runs = {
+        norm: _train_with_probe(
             recipe, norm, os.path.join(root, norm),
             etas=etas, every_n_steps=every_n_steps, relative=relative,
         )
-        if run.failure is not None:
-            failed.append(run.failure)
-        else:
-            probes[norm] = run.history, run.results
+        for norm in norms
+    }
+    probed = {norm: run for norm, run in runs.items() if not run.failure}
     result = {
-        "norms": {norm: history for norm, (history, _) in probes.items()},
+        "norms": {norm: run.history for norm, run in probed.items()},
         "test_error": {
-            norm: _test_error(results)
-            for norm, (_, results) in probes.items()
+            norm: _test_error(run.results) for norm, run in probed.items()
         },
         "test_accuracy": {
-            norm: results["test_accuracy"]
-            for norm, (_, results) in probes.items()
+            norm: run.results["test_accuracy"]
+            for norm, run in probed.items()
         },
         "figure": None,
-        "failed": failed,
+        "failed": [run.failure for run in runs.values() if run.failure],
     }
     os.makedirs(root, exist_ok=True)
     write_json(os.path.join(root, LANDSCAPE_FILE),
                {"norms": result["norms"]}, indent=None)
     write_json(os.path.join(root, TEST_ERROR_FILE),
                {"norms": result["test_error"]}, indent=None)
-    if probes:
-        first = next(iter(probes.values()))[1]["config"]
+    if probed:
+        first = next(iter(probed.values())).results["config"]
         result["figure"] = plots.plot_landscape(
             {"norms": result["norms"]}, {"norms": result["test_error"]},
             os.path.join(root, FIGURE_FILE),
@@ -475,10 +470,6 @@ def _train_with_probe(recipe, norm, run_dir, **probe):
     Returns:
         A `_ProbedRun`.
     """
-    from keras_seqnorm.training import trainer
-    from keras_seqnorm.training.config import ConfigError
-    from keras_seqnorm.training.config import norm_config
-
     config = norm_config(recipe, norm, run_dir=run_dir, validation_size=0)
     path = os.path.join(run_dir, PROBES_FILE)
     callback = LossLandscape(

@@ -32,7 +32,10 @@ import keras_tuner
 
 from keras_seqnorm import validation
 from keras_seqnorm.norms import GROUP_COUNTS
+from keras_seqnorm.training import trainer
 from keras_seqnorm.training.config import ConfigError
+from keras_seqnorm.training.config import make_config
+from keras_seqnorm.training.config import resolve_data_fields
 from keras_seqnorm.utils import format_failures
 from keras_seqnorm.utils import mean_and_std
 from keras_seqnorm.utils import write_json
@@ -440,10 +443,6 @@ def training_objective(**recipe):
     Raises:
         ConfigError: for a recipe that cannot be tuned.
     """
-    from keras_seqnorm.training import trainer
-    from keras_seqnorm.training.config import make_config
-    from keras_seqnorm.training.config import resolve_data_fields
-
     for name in ("norm", *GROUP_COUNTS, "seed", "run_dir"):
         if name in recipe:
             validation.fail(name, "set by tune, not in the recipe",
