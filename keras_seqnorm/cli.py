@@ -34,14 +34,17 @@ import os
 import sys
 import typing
 
+from keras_seqnorm import validation
 from keras_seqnorm.norms import NORM_LAYERS
 from keras_seqnorm.training.config import EXECUTION_FIELDS
 from keras_seqnorm.training.config import CommandParser
 from keras_seqnorm.training.config import ConfigError
 from keras_seqnorm.training.config import build_parser
+from keras_seqnorm.training.config import default_run_dir
 from keras_seqnorm.training.config import given_values
 from keras_seqnorm.training.config import make_config
 from keras_seqnorm.training.config import one_line_error
+from keras_seqnorm.training.config import run_id
 from keras_seqnorm.utils import comma_list
 from keras_seqnorm.utils import format_failures
 
@@ -309,10 +312,7 @@ def _tune_parser():
 
 
 def _tune(namespace):
-    from keras_seqnorm import validation
     from keras_seqnorm.analysis import tuner
-    from keras_seqnorm.training.config import default_run_dir
-    from keras_seqnorm.training.config import run_id
 
     seeds = validation.positive_int("seeds", namespace.seeds,
                                     error=ConfigError)
