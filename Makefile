@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 # oneDNN (no AVX-512, or TF_ENABLE_ONEDNN_OPTS=0): TensorFlow's CPU Conv2D
 # takes channels first only through oneDNN, so test-tf skips them there.
 JAX_TESTS := tests/layers tests/models tests/test_ops.py tests/test_norms.py \
+	tests/test_utils.py \
 	tests/test_convert.py tests/test_benchmark.py tests/test_recalibrate.py
 
 .PHONY: setup test test-tf test-jax lint package demo bench reproduce clean

@@ -30,7 +30,8 @@ def write_json(path, value, indent=2):
     """Writes `value` to `path` as JSON, atomically.
 
     The text goes to `path + ".saving"`, is flushed to disk, and then
-    replaces `path` in one step.
+    replaces `path` in one step; a value that cannot be written leaves
+    `path` as it was.
 
     Args:
         path: The file to write.
@@ -38,11 +39,15 @@ def write_json(path, value, indent=2):
         indent: `json.dump`'s indent; `None` for one line. Defaults to `2`.
     """
     temporary = path + ".saving"
-    with open(temporary, "w") as file:
-        json.dump(value, file, indent=indent)
-        file.write("\n")
-        file.flush()
-        os.fsync(file.fileno())
+    try:
+        with open(temporary, "w") as file:
+            json.dump(value, file, indent=indent)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        os.remove(temporary)
+        raise
     os.replace(temporary, path)
 
 

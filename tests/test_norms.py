@@ -129,3 +129,27 @@ def test_arguments_the_norm_does_not_take(name, kwargs, match):
 def test_bad_identifiers(norm, match):
     with pytest.raises(ValueError, match=match):
         get_norm_layer(norm)
+
+
+def test_the_registry_knows_each_norms_group_arguments():
+    from keras_seqnorm import norms
+
+    assert norms.group_arguments("ghost") == {"groups_m": "groups_m"}
+    assert norms.group_arguments("group") == {"groups_c": "groups"}
+    assert norms.group_arguments("batch") == {}
+    assert norms.group_kwargs("sequential", groups_m=8, groups_c=4) == {
+        "groups_m": 8, "groups_c": 4}
+    assert norms.group_kwargs("ghost", groups_m=8, groups_c=4) == {
+        "groups_m": 8}
+    assert norms.group_kwargs("ghost") == {}
+    # Every group argument is one the norm's layer accepts.
+    for name in NORM_LAYERS:
+        arguments = set(norms.group_arguments(name).values())
+        assert arguments <= norms.norm_layer_arguments(name), name
+    assert norms.norms_taking("groups_m") == ["ghost", "sequential"]
+    assert norms.check_norm_names("norms", ["ghost", "none"]) == (
+        "ghost", "none")
+    with pytest.raises(ValueError, match=r"Received: norms=\['layer'\]"):
+        norms.check_norm_names("norms", ["layer"])
+    with pytest.raises(ValueError, match=r"Received: norms=\('a', 'a'\)"):
+        norms.check_norm_names("norms", ("a", "a"))
