@@ -79,6 +79,19 @@ def cyclical_multipliers(pairs=CIFAR_CYCLICAL_PAIRS, cycle=CIFAR_CYCLE):
     return tuple(multipliers)
 
 
+def check_backend(error=ValueError):
+    """Raises `error` on a backend the probe cannot differentiate on: it
+    takes its gradients with TensorFlow's `GradientTape` or `jax.grad`."""
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax"):
+        raise error(
+            "The loss-landscape probe (LossLandscape, keras-seqnorm "
+            "landscape and reproduce) needs KERAS_BACKEND=tensorflow or "
+            "jax, whose autodiff gives its gradients. "
+            f"Received: KERAS_BACKEND={backend}"
+        )
+
+
 def check_etas(etas, error=ValueError):
     """Checks a non-empty sequence of positive step sizes; returns a
     tuple."""
@@ -193,12 +206,7 @@ class LossLandscape(keras.callbacks.Callback):
         etas = check_etas(etas)
         every_n_steps = validation.positive_int("every_n_steps",
                                                 every_n_steps)
-        backend = keras.backend.backend()
-        if backend not in ("tensorflow", "jax"):
-            raise ValueError(
-                "LossLandscape supports the TensorFlow and JAX backends. "
-                f"Received: backend={backend}"
-            )
+        check_backend()
         self.data = data
         self.etas = etas
         self.every_n_steps = every_n_steps
@@ -417,9 +425,10 @@ def landscape(norms=DEFAULT_NORMS, etas=None, relative=False,
         `status` and the `error`, if any).
 
     Raises:
-        ConfigError: for bad `norms`, `etas` or `every_n_steps`, or a
-            recipe that cannot run.
+        ConfigError: for bad `norms`, `etas` or `every_n_steps`, a
+            recipe that cannot run, or the torch backend.
     """
+    check_backend(ConfigError)
     norms = check_norm_names("norms", norms, ConfigError)
     etas = _etas(etas, relative, ConfigError)
     every_n_steps = validation.positive_int("every_n_steps", every_n_steps,

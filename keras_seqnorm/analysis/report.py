@@ -26,6 +26,7 @@ import numpy as np
 
 from keras_seqnorm import validation
 from keras_seqnorm.analysis.comparison import compare
+from keras_seqnorm.analysis.loss_landscape import check_backend
 from keras_seqnorm.analysis.loss_landscape import landscape
 from keras_seqnorm.layers import GhostNormalization
 from keras_seqnorm.training.config import ConfigError
@@ -266,12 +267,15 @@ def reproduce(run_dir=os.path.join("runs", "reproduce"),
         and `seconds`.
 
     Raises:
-        ConfigError: for a bad argument, or an `out` that cannot be
-            written.
+        ConfigError: for a bad argument, an `out` that cannot be
+            written, or the torch backend (the landscape needs TensorFlow
+            or JAX).
     """
     for name, value in (("seeds", seeds), ("epochs", epochs),
                         ("landscape_epochs", landscape_epochs)):
         validation.positive_int(name, value, error=ConfigError)
+    # Before any run: the landscape comes last.
+    check_backend(ConfigError)
     start = time.perf_counter()
     out_dir = _check_out(out)
     example = section_2_2_example()

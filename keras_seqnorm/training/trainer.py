@@ -273,11 +273,14 @@ def _lock(config, run_dir):
 
 
 def _switch_on_determinism():
-    if keras.backend.backend() != "tensorflow":
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
         raise ConfigError(
-            "Argument `deterministic` needs TensorFlow; on JAX set "
-            "XLA_FLAGS=--xla_gpu_deterministic_ops=true before starting. "
-            "Received: deterministic=True"
+            f"Argument `deterministic` needs KERAS_BACKEND=tensorflow "
+            f"(TensorFlow's op determinism); the active backend is "
+            f"{backend}. On JAX set "
+            "XLA_FLAGS=--xla_gpu_deterministic_ops=true before starting "
+            "instead. Received: deterministic=True"
         )
     import tensorflow as tf
 

@@ -268,6 +268,29 @@ def test_landscape_command_rejects_bad_flags(capsys):
     assert "Received: every_n_steps=0" in capsys.readouterr().err
 
 
+def test_the_torch_backend_is_refused_before_any_run(
+    tmp_path, monkeypatch, capsys
+):
+    # The probe's gradients come from tf.GradientTape or jax.grad: on torch
+    # the callback, `landscape` and `reproduce` stop before training.
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    expected = "needs KERAS_BACKEND=tensorflow or jax"
+    with pytest.raises(ValueError, match=expected):
+        loss_landscape.LossLandscape([])
+    for argv in (
+        ["landscape", "--run-dir", str(tmp_path / "landscape")],
+        ["reproduce", "--run-dir", str(tmp_path / "reproduce"),
+         "--out", str(tmp_path / "docs" / "results.md")],
+    ):
+        with pytest.raises(SystemExit) as info:
+            cli.run_command(argv)
+        assert info.value.code == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and expected in error
+        assert "Received: KERAS_BACKEND=torch" in error
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_landscape_command_on_a_cifar_resnet(tmp_path):
     # Issue 5: the tool works offline with the CIFAR ResNets too.

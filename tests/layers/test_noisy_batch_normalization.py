@@ -83,6 +83,25 @@ def test_noise_is_seeded_and_fresh_each_call():
     assert not np.allclose(a, to_numpy(first(x, training=True)))
 
 
+def _keras_moments_lose_small_variances():
+    # Keras 3.15's torch backend computes `ops.moments`' variance as
+    # E[x^2] - E[x]^2 in float32 (keras/src/backend/torch/nn.py; TensorFlow
+    # and JAX moved to E[(x - E[x])^2] in keras-team/keras#18795). At a mean
+    # of 8 and a std of 3e-4 the two terms agree in every float32 bit that
+    # holds the variance, which comes out as rounding noise (or negative:
+    # NaN with a tiny epsilon). Keras' BatchNormalization, and so
+    # NoisyBatchNormalization, take their batch statistics from it.
+    x = 8.0 + 3e-4 * np.random.default_rng(0).normal(size=(256, 1))
+    variance = to_numpy(keras.ops.moments(x.astype("float32"), axes=[0])[1])
+    return not np.allclose(variance, x.var(axis=0), rtol=0.1)
+
+
+@pytest.mark.skipif(
+    _keras_moments_lose_small_variances(),
+    reason="Keras' ops.moments on this backend (torch) computes the "
+    "variance as E[x^2] - E[x]^2 in float32: the noise this test looks "
+    "for (std 3e-4 on a mean of 8) is lost there even in float32",
+)
 def test_mixed_float16_keeps_small_noise():
     # Around 8, float16's spacing is 2 ** -7: noise of std 3e-4 added in
     # float16 would vanish and leave a constant input, normalized to 0. In

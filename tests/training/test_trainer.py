@@ -20,6 +20,7 @@ from keras_seqnorm.layers import SequentialNormalization
 from keras_seqnorm.models import get_model
 from keras_seqnorm.training import trainer
 from keras_seqnorm.training.config import Config
+from keras_seqnorm.training.config import ConfigError
 from keras_seqnorm.training.config import parse_config
 from keras_seqnorm.training.data import load_data
 
@@ -756,3 +757,13 @@ def test_deterministic_switches_on_op_determinism(monkeypatch):
     # An execution field: the same run directory.
     assert trainer.resolve_run_dir(Config(deterministic=True)).run_dir == (
         trainer.resolve_run_dir(Config()).run_dir)
+
+
+def test_deterministic_on_torch_names_the_backend(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(
+        ConfigError,
+        match=r"needs KERAS_BACKEND=tensorflow .*the active backend is "
+        r"torch\..*Received: deterministic=True",
+    ):
+        trainer._switch_on_determinism()
