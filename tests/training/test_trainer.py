@@ -767,3 +767,14 @@ def test_deterministic_on_torch_names_the_backend(monkeypatch):
         r"torch\..*Received: deterministic=True",
     ):
         trainer._switch_on_determinism()
+
+
+@pytest.mark.parametrize("strategy", ["mirrored", "multi_worker",
+                                      "one_device"])
+def test_tf_distribute_strategies_are_refused_on_torch(monkeypatch,
+                                                       strategy):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(
+        ConfigError, match=rf"torch backend.*Received: strategy='{strategy}'"
+    ):
+        trainer.get_strategy(strategy)
