@@ -18,20 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WITHOUT_TENSORFLOW = textwrap.dedent(
     """
     import importlib
-    import importlib.abc
     import sys
 
     BLOCKED = {"tensorflow", "matplotlib"}
-
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"blocked: {name}")
-            return None
-
-
-    sys.meta_path.insert(0, Block())
+    # As if not installed: importing them or their submodules raises
+    # ModuleNotFoundError, and `importlib.util.find_spec` answers None
+    # (torch asks it about TensorFlow when it starts).
+    for name in BLOCKED:
+        sys.modules[name] = None
     for module in sys.argv[1:]:
         if not module.startswith("--"):
             importlib.import_module(module)
@@ -49,7 +43,10 @@ WITHOUT_TENSORFLOW = textwrap.dedent(
         converted = keras_seqnorm.convert_normalization(
             model, "sequential", groups_c=2, groups_m=2)
         keras_seqnorm.recalibrate_statistics(converted, x, batch_size=8)
-    print(sorted({name.split(".")[0] for name in sys.modules} & BLOCKED))
+    imported = {
+        name.split(".")[0] for name, module in sys.modules.items() if module
+    }
+    print(sorted(imported & BLOCKED))
     """
 )
 
