@@ -8,25 +8,31 @@ fused computation is:
 
 1. `sample_channel_moments`: one reduction over the input gives the count,
    mean and biased variance of every (sample, channel) slice, shape `(M, C)`.
-2. `channel_group_moments` / `ghost_batch_moments`: the exact parallel
-   variance formula (Chan et al.) combines those into the statistics of
-   channel groups (GroupNorm) or ghost batches (GhostNorm), still `(M, C)`.
-3. `normalize`: one elementwise `(x - centre) * scale + offset` with a
+2. `channel_group_moments` / `ghost_batch_moments`: those are pooled into
+   the statistics of channel groups (GroupNorm) or ghost batches
+   (GhostNorm), each stage by one reduction around a reference value, so
+   the pooled variance is exact for inputs far from zero.
+3. `apply_affine`: one elementwise `(x - centre) * scale + offset` with a
    per-(sample, channel) centre and scale.
 
-The input is read twice and written once, like BatchNormalization, whatever
-the number of channel groups and ghost batches.
-
-Both passes have a custom gradient (`shifted_moments`, `apply_affine`), so
-the backward pass is two more passes too: one reduction of the upstream
-gradient, one elementwise pass. Under XLA every `(M, C)` term between the
-passes is materialized (`rows_apart`); otherwise XLA fuses the channel-group
-and ghost-batch arithmetic into the passes over the input and redoes it at
-every position of every sample.
+`sequential_normalization` is the whole of GhostNorm or SeqNorm as one pure
+function of `(x, gamma, beta)`. It reads the input twice and writes it once,
+like BatchNormalization, whatever the number of channel groups and ghost
+batches. In training on TensorFlow and JAX it has one custom gradient for
+the whole layer: the backward pass is one reduction over the upstream
+gradient and one elementwise pass, with every `(M, C)` term of each
+direction computed by a handful of stacked reductions. Under XLA those
+terms are computed apart from the passes over the input (`fusion_barrier`)
+instead of being redone at every position.
 """
 
+import collections
+
 import keras
+import numpy as np
 from keras import ops
+
+from keras_seqnorm import _keras_compat
 
 
 def resolve_axis(axis, rank):
@@ -39,16 +45,16 @@ def reduction_axes(rank, channel_axis):
     return [a for a in range(1, rank) if a != channel_axis]
 
 
-def _as_matrix(t, channels):
-    # (M, 1, ..., C, ..., 1) -> (M, C): every other axis has size one.
-    return ops.reshape(t, (-1, channels))
-
-
 def broadcast_shape(rank, channel_axis, channels):
     """Shape that broadcasts an `(M, C)` tensor against the input."""
     return [-1] + [
         channels if a == channel_axis else 1 for a in range(1, rank)
     ]
+
+
+def _as_matrix(t, channels):
+    # (M, 1, ..., C, ..., 1) -> (M, C): every other axis has size one.
+    return ops.reshape(t, (-1, channels))
 
 
 def _mask_weights(mask, x):
@@ -58,20 +64,28 @@ def _mask_weights(mask, x):
     return ops.broadcast_to(mask, ops.shape(x))
 
 
-def rows_apart(t):
-    """`t` itself, computed apart from the loops that read it.
+def fusion_barrier(*tensors):
+    """The tensors themselves; under XLA, a boundary no fusion crosses.
 
-    An identity for values and gradients: each row of `t` is added once into
-    zeros by a scatter, which XLA never fuses into its consumers nor its
-    producers. So the `(M, C)` statistics are computed once and stored
-    instead of being recomputed inside every loop over the input, and a
-    reduction over the input is never duplicated into its consumers. Without
-    XLA (the torch backend) `t` is returned as it is.
+    An identity for values. Under XLA (JAX, and TensorFlow inside an XLA
+    cluster) it is an optimization barrier, which generates no code: the
+    `(M, C)` statistics before it are computed once and stored, instead of
+    being recomputed inside every loop over the input that reads them, and a
+    reduction over the input is never duplicated into its consumers.
+    Elsewhere the tensors come back as they are. It has no gradient of its
+    own on TensorFlow: use it inside custom gradients only.
+
+    Returns:
+        The tensor for one argument, else a tuple of them.
     """
-    if keras.backend.backend() not in ("tensorflow", "jax"):
-        return t
-    rows = ops.shape(t)[0]
-    return ops.segment_sum(t, ops.arange(rows), num_segments=rows)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        tensors = jax.lax.optimization_barrier(tuple(tensors))
+    elif backend == "tensorflow" and _keras_compat.in_xla_context():
+        tensors = _keras_compat.xla_optimization_barrier(tensors)
+    return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
 
 def _slice_size(x, axes):
@@ -80,6 +94,77 @@ def _slice_size(x, axes):
     for a in axes:
         size = size * ops.shape(x)[a]
     return ops.cast(size, x.dtype)
+
+
+def _variance(square_mean, mean):
+    # E[d^2] - E[d]^2, never negative; where E[d^2] overflows to inf the
+    # variance is inf (as BatchNormalization's), never inf - inf = NaN.
+    return ops.where(
+        ops.isinf(square_mean),
+        square_mean,
+        ops.maximum(square_mean - ops.square(mean), 0.0),
+    )
+
+
+def _sums(tensors, axis, outputs=False, differentiable=True):
+    # The sums of same-shaped tensors over `axis`, as one reduction. On JAX
+    # a variadic reduce, which XLA fuses with the tensors' producers (a
+    # reduction of a stacked tensor would be materialized first on CPUs),
+    # where no gradient is needed (inside custom gradients): JAX does not
+    # differentiate it. Elsewhere one reduction of the stacked tensors, or,
+    # for sums that are `outputs` of the computation, one each (slices of
+    # one stacked sum would each be copied out).
+    tensors = tuple(tensors)
+    axis = axis % len(tensors[0].shape)
+    if keras.backend.backend() == "jax" and not differentiable:
+        from jax import lax
+
+        zeros = tuple(ops.zeros((), t.dtype) for t in tensors)
+        return tuple(lax.reduce(
+            tensors,
+            zeros,
+            lambda a, b: tuple(u + v for u, v in zip(a, b)),
+            (axis,),
+        ))
+    if outputs:
+        return tuple(ops.sum(t, axis=axis) for t in tensors)
+    sums = ops.sum(ops.stack(tensors), axis=axis + 1)
+    return tuple(sums[i] for i in range(len(tensors)))
+
+
+def _upstream(args, upstream):
+    # Keras passes upstream gradients positionally (TensorFlow: one per
+    # output; JAX: one tuple) or by keyword (torch).
+    if upstream is not None:
+        return upstream
+    if len(args) == 1:
+        return args[0]
+    return args
+
+
+def _shifted_sums(x, channel_axis, groups=None):
+    # (shift, shifted, d, q): the shift s of every slice, x - s, and the
+    # (M, C) means of x - s and (x - s)^2, computed apart. The shift is the
+    # slice's first element, or with channel `groups` that of the group's
+    # first channel (for all channels of the group).
+    rank = len(x.shape)
+    channels = x.shape[channel_axis]
+    axes = reduction_axes(rank, channel_axis)
+    first = tuple(
+        slice(0, 1) if a in axes else slice(None) for a in range(rank)
+    )
+    shift = _as_matrix(x[first], channels)
+    if groups is not None:
+        shift = groups.spread(groups.first(shift))
+    full = broadcast_shape(rank, channel_axis, channels)
+    shifted = x - ops.reshape(shift, full)
+    d, q = fusion_barrier(
+        _as_matrix(ops.mean(shifted, axis=axes, keepdims=True), channels),
+        _as_matrix(
+            ops.mean(ops.square(shifted), axis=axes, keepdims=True), channels
+        ),
+    )
+    return shift, shifted, d, q
 
 
 def shifted_moments(x, channel_axis):
@@ -101,42 +186,27 @@ def shifted_moments(x, channel_axis):
     """
     x = ops.convert_to_tensor(x)
     rank = len(x.shape)
-    axes = reduction_axes(rank, channel_axis)
     full = broadcast_shape(rank, channel_axis, x.shape[channel_axis])
-    first = tuple(
-        slice(0, 1) if a in axes else slice(None) for a in range(rank)
-    )
-    count = _slice_size(x, axes)
+    count = _slice_size(x, reduction_axes(rank, channel_axis))
 
     @ops.custom_gradient
     def moments(x):
-        shift = x[first]
-        shifted = x - shift
-        shifted_mean = rows_apart(ops.mean(shifted, axis=axes))
-        shifted_square = rows_apart(ops.mean(ops.square(shifted), axis=axes))
-        variance = ops.maximum(shifted_square - ops.square(shifted_mean), 0.0)
-        shift = ops.reshape(shift, ops.shape(shifted_mean))
-        mean = shift + shifted_mean
+        shift, shifted, d, q = _shifted_sums(x, channel_axis)
 
         def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
+            upstream = _upstream(args, upstream)
             grad_mean, grad_variance = upstream[0], upstream[1]
             # 2 (x - mean) g / n, written around the shift: x - shift is
             # exact where x - mean would round mean to x's precision.
             slope = grad_variance * (2.0 / count)
-            terms = ops.stack(
-                [shift, slope, grad_mean / count - shifted_mean * slope],
-                axis=1,
+            offset = grad_mean / count - d * slope
+            slope, offset = fusion_barrier(slope, offset)
+            return shifted * ops.reshape(slope, full) + ops.reshape(
+                offset, full
             )
-            centre, slope, offset = (
-                ops.reshape(t, full)
-                for t in ops.unstack(rows_apart(terms), axis=1)
-            )
-            return (x - centre) * slope + offset
 
         # One output: the torch backend's custom gradient takes only one.
-        return ops.stack([mean, variance]), grad
+        return ops.stack([shift + d, _variance(q, d)]), grad
 
     both = moments(x)
     return both[0], both[1]
@@ -188,14 +258,189 @@ def sample_channel_moments(x, channel_axis, mask=None):
     )
 
 
-def _combine(count, mean, variance, axis):
-    # Chan et al.'s parallel formula: exact, and every term is non-negative.
-    total = ops.sum(count, axis=axis, keepdims=True)
-    safe = ops.where(total > 0, total, 1.0)
-    combined_mean = ops.sum(count * mean, axis=axis, keepdims=True) / safe
-    spread = variance + ops.square(mean - combined_mean)
-    combined_variance = ops.sum(count * spread, axis=axis, keepdims=True) / safe
-    return total, combined_mean, combined_variance
+class _ChannelGroups:
+    """`groups` contiguous groups of the channels of `(M, C)` rows."""
+
+    def __init__(self, channels, groups):
+        self.channels = channels
+        self.groups = groups
+        self.width = channels // groups
+
+    def sum(self, *tensors, differentiable=True):
+        """Sum over each group, `(M, C)` -> `(M, G)`, for each tensor."""
+        split = (-1, self.groups, self.width)
+        return _sums(
+            (ops.reshape(t, split) for t in tensors), -1,
+            differentiable=differentiable,
+        )
+
+    def first(self, t):
+        """The first channel of each group, `(M, G)`."""
+        return ops.reshape(t, (-1, self.groups, self.width))[:, :, 0]
+
+    def spread(self, *tensors):
+        """`(M, G)` -> `(M, C)`: every channel gets its group's value."""
+        if len(tensors) > 1:
+            return tuple(self.spread(t) for t in tensors)
+        t = ops.expand_dims(tensors[0], -1)
+        full = ops.broadcast_to(
+            t, (ops.shape(t)[0], self.groups, self.width)
+        )
+        return ops.reshape(full, (-1, self.channels))
+
+    def sizes(self, dtype):
+        return ops.cast(self.width, dtype)
+
+
+class _GhostBatches:
+    """Contiguous ghost batches of the samples of `(M, C)` rows.
+
+    Ghost batches follow `numpy.array_split`: the first `M % G` hold one
+    sample more. Sums over ghost batches lay the rows out as `(G, W, C)`,
+    W the largest ghost batch (the shorter ones padded with zeros): a
+    reshape when G divides M, else a gather of rows by a `(G, W)` table.
+    Every step is a reshape, broadcast or gather, no scatter, so under XLA
+    each fuses with its neighbours. The batch size may be a Python int or,
+    in a TensorFlow graph, a scalar tensor (the tables are then computed;
+    XLA folds them into constants).
+    """
+
+    def __init__(self, batch_size, groups):
+        self.groups = groups
+        self.size, self.extra = batch_size // groups, batch_size % groups
+        # Known to divide evenly: reshapes and broadcasts only.
+        self.even = isinstance(batch_size, int) and not self.extra
+        if self.even:
+            return
+        static = isinstance(batch_size, int)
+        xp = np if static else ops
+        self.width = self.size + xp.minimum(self.extra, 1)
+        index = xp.arange(groups)
+        sizes = xp.where(index < self.extra, self.size + 1, self.size)
+        self.starts = xp.where(
+            index < self.extra,
+            index * (self.size + 1),
+            self.extra * (self.size + 1) + (index - self.extra) * self.size,
+        )
+        offsets = xp.arange(self.width)
+        # The samples of every ghost batch as a (G, W) table, with a mask
+        # of the real ones, and the ghost batch of every sample.
+        self.valid = offsets[None, :] < sizes[:, None]
+        self.layout = xp.where(
+            self.valid, self.starts[:, None] + offsets[None, :], 0
+        )
+        self._sizes = sizes
+        if static:
+            self.ids = np.repeat(np.arange(groups), sizes).astype("int32")
+            self.layout = self.layout.astype("int32")
+        else:
+            self.ids = ghost_batch_ids(batch_size, groups)
+
+    def _split(self, t):
+        # (M, C) -> (G, W, C).
+        channels = t.shape[-1]
+        if self.even:
+            return ops.reshape(t, (self.groups, self.size, channels))
+        rows = ops.take(t, ops.reshape(self.layout, (-1,)), axis=0)
+        rows = ops.reshape(rows, (self.groups, self.width, channels))
+        return ops.where(self.valid[:, :, None], rows, 0.0)
+
+    def sum(self, *tensors, differentiable=True):
+        """Sum over each ghost batch, `(M, C)` -> `(G, C)`, for each."""
+        return _sums(
+            (self._split(t) for t in tensors), 1,
+            differentiable=differentiable,
+        )
+
+    def first(self, t):
+        """The first sample of each ghost batch, `(G, C)`."""
+        if self.even:
+            return t[:: self.size]
+        return ops.take(t, self.starts, axis=0)
+
+    def spread(self, *tensors):
+        """`(G, C)` -> `(M, C)`: every sample gets its ghost batch's row.
+
+        Unless G divides M a spread is a gather, which XLA computes apart:
+        several tensors are then spread as one.
+        """
+        if not self.even and len(tensors) > 1:
+            stacked = self._spread(ops.stack(tensors, axis=1))
+            return tuple(stacked[:, i] for i in range(len(tensors)))
+        spread = tuple(self._spread(t) for t in tensors)
+        return spread[0] if len(tensors) == 1 else spread
+
+    def _spread(self, t):
+        # (G, ...) -> (M, ...).
+        rest = tuple(t.shape[1:])
+        if self.even:
+            full = ops.broadcast_to(
+                ops.expand_dims(t, 1), (self.groups, self.size) + rest
+            )
+            return ops.reshape(full, (-1,) + rest)
+        return ops.take(t, self.ids, axis=0)
+
+    def sizes(self, dtype):
+        """Samples per ghost batch, `(G, 1)`."""
+        if self.even:
+            sizes = np.full((self.groups, 1), self.size, "float32")
+            return ops.convert_to_tensor(sizes, dtype)
+        return ops.cast(ops.reshape(self._sizes, (-1, 1)), dtype)
+
+
+def _ghost_batches(batch_size, groups_m, ghost_batch_size):
+    groups = num_ghost_batches(batch_size, groups_m, ghost_batch_size)
+    return _GhostBatches(batch_size, groups)
+
+
+def _batch_size(t):
+    batch_size = t.shape[0]
+    return ops.shape(t)[0] if batch_size is None else batch_size
+
+
+def _pool(grouping, mean, variance, count=None, standardized=False,
+          differentiable=True):
+    """Mean and biased variance of each group's union of slices.
+
+    Around a reference `r` per group, with `e = mean - r`, the union has
+    mean `r + E[e]` and variance `E[variance + e^2] - E[e]^2`: one stacked
+    reduction, exact for any `r`, and accurate when `r` is near the means.
+    Without counts (every slice holds as many values) `r` is the group's
+    first mean, or 0 for `standardized` values (GroupNorm-ed ones: their
+    means and variances are at most 1, so no reference is needed); with
+    counts it is the exact count-weighted mean (Chan et al.'s parallel
+    formula), and slices of count 0 count in nothing.
+
+    Returns:
+        `(mean, variance, total_count)` per group (`total_count` is `None`
+        without counts).
+    """
+    total = None
+    if count is not None:
+        total, weighted = grouping.sum(
+            count, count * mean, differentiable=differentiable
+        )
+        size = ops.where(total > 0, total, 1.0)
+        reference = weighted / size
+    else:
+        size = grouping.sizes(mean.dtype)
+        reference = None if standardized else grouping.first(mean)
+    if reference is None:
+        deviation = mean
+    else:
+        reference = ops.stop_gradient(reference)
+        deviation = mean - grouping.spread(reference)
+    terms = (deviation, variance + ops.square(deviation))
+    if count is not None:
+        terms = tuple(ops.where(count > 0, count * t, 0.0) for t in terms)
+    shift, square = (
+        s / size
+        for s in grouping.sum(*terms, differentiable=differentiable)
+    )
+    pooled_variance = _variance(square, shift)
+    if reference is not None:
+        shift = reference + shift
+    return shift, pooled_variance, total
 
 
 def channel_group_moments(count, mean, variance, groups):
@@ -208,13 +453,12 @@ def channel_group_moments(count, mean, variance, groups):
     Returns:
         `(count, mean, variance)` of each channel's group, shape `(M, C)`.
     """
-    channels = mean.shape[-1]
-    split = (-1, groups, channels // groups)
-    grouped = [ops.reshape(t, split) for t in (count, mean, variance)]
-    full = ops.shape(grouped[1])
+    grouping = _ChannelGroups(mean.shape[-1], groups)
+    group_mean, group_variance, total = _pool(
+        grouping, mean, variance, count
+    )
     return tuple(
-        ops.reshape(ops.broadcast_to(t, full), (-1, channels))
-        for t in _combine(*grouped, axis=-1)
+        grouping.spread(t) for t in (total, group_mean, group_variance)
     )
 
 
@@ -261,33 +505,12 @@ def ghost_batch_moments(count, mean, variance, groups_m=None,
     Returns:
         `(count, mean, variance)` of each sample's ghost batch, `(M, C)`.
     """
-    batch_size = mean.shape[0]
-    if batch_size is None:
-        batch_size = ops.shape(mean)[0]
-    groups = num_ghost_batches(batch_size, groups_m, ghost_batch_size)
-    channels = mean.shape[-1]
-    if isinstance(batch_size, int) and batch_size % groups == 0:
-        split = (groups, batch_size // groups, channels)
-        stats = _combine(
-            ops.reshape(count, split),
-            ops.reshape(mean, split),
-            ops.reshape(variance, split),
-            axis=1,
-        )
-        return tuple(
-            ops.reshape(ops.broadcast_to(t, split), (batch_size, channels))
-            for t in stats
-        )
-    ids = ghost_batch_ids(batch_size, groups)
-    total = ops.segment_sum(count, ids, num_segments=groups)
-    safe = ops.where(total > 0, total, 1.0)
-    group_mean = ops.segment_sum(count * mean, ids, num_segments=groups) / safe
-    spread = variance + ops.square(mean - ops.take(group_mean, ids, axis=0))
-    group_variance = (
-        ops.segment_sum(count * spread, ids, num_segments=groups) / safe
+    grouping = _ghost_batches(_batch_size(mean), groups_m, ghost_batch_size)
+    ghost_mean, ghost_variance, total = _pool(
+        grouping, mean, variance, count
     )
     return tuple(
-        ops.take(t, ids, axis=0) for t in (total, group_mean, group_variance)
+        grouping.spread(t) for t in (total, ghost_mean, ghost_variance)
     )
 
 
@@ -302,19 +525,7 @@ def weighted_average(count, values):
     return ops.sum(count * values, axis=0) / safe, total
 
 
-def apply_affine(x, centre, scale, offset, channel_axis):
-    """`(x - centre) * scale + offset`, per (sample, channel), custom gradient.
-
-    The backward pass is one reduction of `dy` and `dy * (x - centre)` over
-    each (sample, channel) slice and one elementwise `dx = dy * scale`; the
-    gradients of `centre`, `scale` and `offset` come from those sums.
-
-    Args:
-        x: the input, rank >= 2.
-        centre, scale: `(M, C)` tensors.
-        offset: `(C,)` tensor or `None`.
-        channel_axis: non-negative channel axis of `x`.
-    """
+def _per_sample_affine(x, centre, scale, offset, channel_axis):
     x, centre, scale = (ops.convert_to_tensor(t) for t in (x, centre, scale))
     rank = len(x.shape)
     channels = x.shape[channel_axis]
@@ -326,24 +537,24 @@ def apply_affine(x, centre, scale, offset, channel_axis):
     offset = ops.convert_to_tensor(offset)
 
     def per_slice(t):
-        # Sums over each (sample, channel) slice, as (M, C), computed apart.
+        # Sums over each (sample, channel) slice, as (M, C).
         if axes:
             t = ops.sum(t, axis=axes)
-        return rows_apart(ops.reshape(t, (-1, channels)))
+        return ops.reshape(t, (-1, channels))
 
     @ops.custom_gradient
     def affine(x, centre, scale, offset):
-        both = rows_apart(ops.stack([centre, scale], axis=1))
-        full_centre = ops.reshape(both[:, 0], shape)
-        full_scale = ops.reshape(both[:, 1], shape)
+        centre, scale = fusion_barrier(centre, scale)
+        full_centre = ops.reshape(centre, shape)
+        full_scale = ops.reshape(scale, shape)
         outputs = (x - full_centre) * full_scale
         outputs = outputs + ops.reshape(offset, offset_shape)
 
         def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            grad_sum = per_slice(upstream)
-            grad_scale = per_slice(upstream * (x - full_centre))
+            upstream = _upstream(args, upstream)
+            grad_sum, grad_scale = fusion_barrier(
+                per_slice(upstream), per_slice(upstream * (x - full_centre))
+            )
             return (
                 upstream * full_scale,
                 -grad_sum * scale,
@@ -356,8 +567,14 @@ def apply_affine(x, centre, scale, offset, channel_axis):
     return affine(x, centre, scale, offset)
 
 
-def normalize(x, centre, scale, offset, channel_axis):
-    """`(x - centre) * scale + offset` with per-(sample, channel) terms.
+def apply_affine(x, centre, scale, offset, channel_axis):
+    """`(x - centre) * scale + offset`, per (sample, channel) or per channel.
+
+    With `(M, C)` terms the affine has a custom gradient: the backward pass
+    is one reduction of `dy` and `dy * (x - centre)` over each (sample,
+    channel) slice and one elementwise `dx = dy * scale`; the gradients of
+    `centre`, `scale` and `offset` come from those sums. `(C,)` terms use
+    plain autodiff.
 
     Args:
         x: the input, rank >= 2.
@@ -366,7 +583,7 @@ def normalize(x, centre, scale, offset, channel_axis):
         channel_axis: non-negative channel axis of `x`.
     """
     if len(centre.shape) == 2:
-        return apply_affine(x, centre, scale, offset, channel_axis)
+        return _per_sample_affine(x, centre, scale, offset, channel_axis)
     rank = len(x.shape)
     shape = broadcast_shape(rank, channel_axis, x.shape[channel_axis])
     shape[0] = 1
@@ -374,6 +591,55 @@ def normalize(x, centre, scale, offset, channel_axis):
     if offset is not None:
         outputs = outputs + ops.reshape(offset, shape)
     return outputs
+
+
+def _group_stage(grouping, mean, variance, count, epsilon):
+    # SeqNorm's GroupNorm stage on (M, C) moments: the mean and inverse std
+    # 1 / sqrt(variance + eps) of every (sample, group), (M, G), and the
+    # moments of the GroupNorm-ed values, (M, C). An infinite group
+    # variance gives inv_std 0 and GroupNorm-ed values 0, never inf * 0.
+    group_mean, group_variance, _ = _pool(grouping, mean, variance, count)
+    inv_std = ops.rsqrt(group_variance + epsilon)
+    spread_inv_std = grouping.spread(inv_std)
+    normed = (mean - grouping.spread(group_mean)) * spread_inv_std
+    normed_variance = _finite(variance) * ops.square(spread_inv_std)
+    return group_mean, inv_std, normed, normed_variance
+
+
+def _inverse_std(variance, epsilon):
+    # 1 / sqrt(variance + eps) and sqrt(variance + eps) (1 where that is
+    # infinite), as one stacked tensor behind a fusion barrier (inside
+    # custom gradients only): one kernel under XLA.
+    shifted = variance + epsilon
+    scales = fusion_barrier(ops.stack([
+        ops.rsqrt(shifted),
+        ops.where(ops.isinf(shifted), 1.0, ops.sqrt(shifted)),
+    ]))
+    return scales[0], scales[1]
+
+
+def _finite(t):
+    # inf clipped to the largest float, so that inf * 0 is 0, not NaN.
+    return ops.minimum(t, np.finfo(keras.backend.standardize_dtype(
+        t.dtype)).max)
+
+
+SequentialMoments = collections.namedtuple(
+    "SequentialMoments",
+    ["group_mean", "group_inv_std", "count", "mean", "variance",
+     "sample_count"],
+)
+SequentialMoments.__doc__ = """The statistics of GhostNorm or SeqNorm.
+
+Fields (all `(M, C)`):
+    group_mean, group_inv_std: the GroupNorm stage (SeqNorm), the mean and
+        `1 / sqrt(variance + epsilon)` of each sample's channel group;
+        `None` for GhostNorm.
+    count, mean, variance: the ghost batch of every sample (of the
+        GroupNorm-ed values for SeqNorm); `None` in inference. `count` is
+        the number of values in the ghost batch.
+    sample_count: the number of values in each (sample, channel) slice.
+"""
 
 
 def sequential_moments(x, channel_axis, groups_c=None, groups_m=None,
@@ -385,51 +651,356 @@ def sequential_moments(x, channel_axis, groups_c=None, groups_m=None,
     then GhostNorm over `groups_m` ghost batches; both stages come from the
     per-(sample, channel) moments of `x`, never from a normalized copy of it.
 
-    Returns a dict with:
-        `group_mean`, `group_inv_std`: the GroupNorm stage as `(M, C)`, or
-            `None` for GhostNorm;
-        and, when `training`:
-        `count`, `mean`, `variance`: the ghost batch of every sample, as
-            `(M, C)`, of the GroupNorm-ed values for SeqNorm;
-        `sample_count`: the per-(sample, channel) counts.
+    Returns:
+        A `SequentialMoments` named tuple.
     """
     count, mean, variance = sample_channel_moments(x, channel_axis, mask)
-    result = {"group_mean": None, "group_inv_std": None}
+    group_mean = inv_std = None
     if groups_c is not None:
-        _, group_mean, group_variance = channel_group_moments(
-            count, mean, variance, groups_c
+        grouping = _ChannelGroups(mean.shape[-1], groups_c)
+        group_mean, inv_std, mean, variance = _group_stage(
+            grouping, mean, variance, count, epsilon
         )
-        inv_std = ops.rsqrt(group_variance + epsilon)
-        result["group_mean"] = group_mean
-        result["group_inv_std"] = inv_std
-        mean = (mean - group_mean) * inv_std
-        variance = variance * ops.square(inv_std)
-    if training:
-        ghost = ghost_batch_moments(
-            count, mean, variance, groups_m, ghost_batch_size
+        group_mean, inv_std = grouping.spread(group_mean, inv_std)
+    if not training:
+        return SequentialMoments(
+            group_mean, inv_std, None, None, None, count
         )
-        result["count"], result["mean"], result["variance"] = ghost
-        result["sample_count"] = count
-    return result
+    ghost_count, ghost_mean, ghost_variance = ghost_batch_moments(
+        count, mean, variance, groups_m, ghost_batch_size
+    )
+    return SequentialMoments(
+        group_mean, inv_std, ghost_count, ghost_mean, ghost_variance, count
+    )
 
 
-def sequential_normalize(x, stats, mean, variance, gamma, beta, epsilon,
+def _safe_divide(a, b):
+    # a / b where b > 0, else a (b is an inv_std, 0 only when infinite).
+    return a / ops.where(b > 0, b, 1.0)
+
+
+def sequential_normalize(x, moments, mean, variance, gamma, beta, epsilon,
                          channel_axis, ghost_count=None):
-    """Applies the normalization described by `stats` in one pass.
+    """Applies the normalization described by `moments` in one pass.
 
-    `mean` and `variance` are the ghost stage's statistics: per sample
-    `(M, C)` in training, the moving statistics `(C,)` in inference. The
-    output is `((x - mu_gc) * r_gc - mean) / sqrt(variance + eps) * gamma +
-    beta`, folded into one `(x - centre) * scale + beta`. Where a ghost batch
-    holds no unmasked value (`ghost_count == 0`) the output is `beta`.
+    `moments` is a `SequentialMoments`; `mean` and `variance` are the ghost
+    stage's statistics: per sample `(M, C)` in training, the moving
+    statistics `(C,)` in inference. The output is
+    `((x - mu_gc) * r_gc - mean) / sqrt(variance + eps) * gamma + beta`,
+    folded into one `(x - centre) * scale + beta`. Where a ghost batch holds
+    no unmasked value (`ghost_count == 0`) the output is `beta`.
     """
     scale = ops.rsqrt(variance + epsilon)
     if gamma is not None:
         scale = scale * gamma
     if ghost_count is not None:
         scale = ops.where(ghost_count > 0, scale, 0.0)
-    if stats["group_mean"] is None:
-        return normalize(x, mean, scale, beta, channel_axis)
-    inv_std = stats["group_inv_std"]
-    centre = stats["group_mean"] + mean / inv_std
-    return normalize(x, centre, scale * inv_std, beta, channel_axis)
+    if moments.group_mean is None:
+        return apply_affine(x, mean, scale, beta, channel_axis)
+    inv_std = moments.group_inv_std
+    centre = moments.group_mean + _safe_divide(mean, inv_std)
+    return apply_affine(x, centre, scale * inv_std, beta, channel_axis)
+
+
+Normalization = collections.namedtuple(
+    "Normalization",
+    ["outputs", "mean", "variance", "count", "moving_mean",
+     "moving_variance"],
+)
+Normalization.__doc__ = """The result of `sequential_normalization`.
+
+Fields:
+    outputs: the normalized input.
+    mean, variance: in training, the batch statistics that the moving
+        averages track, `(C,)`: the count-weighted averages of the ghost
+        batches' means and biased variances; `None` in inference.
+    count: in training, the number of values behind them, `(C,)` (0 where
+        every value of a channel is masked); `None` in inference.
+    moving_mean, moving_variance: in training with a `momentum`, the
+        updated moving statistics, `moving * momentum + batch * (1 -
+        momentum)` (unchanged where `count` is 0); else `None`.
+
+The statistics carry no gradient.
+"""
+
+
+def sequential_normalization(x, gamma=None, beta=None, *, channel_axis,
+                             groups_c=None, groups_m=None,
+                             ghost_batch_size=None, epsilon=1e-3,
+                             training=True, moving_mean=None,
+                             moving_variance=None, momentum=None, mask=None):
+    """GhostNorm (`groups_c=None`) or SeqNorm, as one pure function.
+
+    What `GhostNormalization` and `SequentialNormalization` compute, without
+    the layer's state: the statistics and the affine, and in training the
+    batch statistics and the updated moving statistics. Unmasked training
+    on TensorFlow and JAX takes one custom gradient for the whole function,
+    and updates the moving statistics within the reduction that computes
+    the batch statistics; otherwise the statistics (`sequential_moments`)
+    and the affine (`sequential_normalize`) are differentiated step by
+    step.
+
+    Args:
+        x: float tensor of rank >= 2, batch on axis 0.
+        gamma, beta: `(C,)` tensors or `None`.
+        channel_axis: non-negative channel axis of `x`.
+        groups_c: channel groups of the GroupNorm stage, or `None`
+            (GhostNorm).
+        groups_m, ghost_batch_size: the ghost batches (give one).
+        epsilon: added to every variance.
+        training: ghost-batch statistics (`True`) or the moving ones.
+        moving_mean, moving_variance: `(C,)`: normalize with them in
+            inference, update them in training.
+        momentum: momentum of the moving statistics, or `None` to leave
+            them alone.
+        mask: optional boolean mask, `x.shape[:-1]` or broadcastable.
+
+    Returns:
+        A `Normalization` named tuple.
+    """
+    x = ops.convert_to_tensor(x)
+    if training and mask is None and keras.backend.backend() in (
+        "tensorflow", "jax"
+    ):
+        return _fused_training(
+            x, gamma, beta, channel_axis, groups_c, groups_m,
+            ghost_batch_size, epsilon, moving_mean, moving_variance,
+            momentum,
+        )
+    moments = sequential_moments(
+        x, channel_axis, groups_c=groups_c, groups_m=groups_m,
+        ghost_batch_size=ghost_batch_size, epsilon=epsilon, mask=mask,
+        training=training,
+    )
+    if not training:
+        outputs = sequential_normalize(
+            x, moments, moving_mean, moving_variance, gamma, beta, epsilon,
+            channel_axis,
+        )
+        return Normalization(outputs, None, None, None, None, None)
+    outputs = sequential_normalize(
+        x, moments, moments.mean, moments.variance, gamma, beta, epsilon,
+        channel_axis,
+        ghost_count=moments.count if mask is not None else None,
+    )
+    count = moments.sample_count
+    batch_mean, total = weighted_average(count, moments.mean)
+    batch_variance, _ = weighted_average(count, moments.variance)
+    batch_mean, batch_variance = (
+        ops.stop_gradient(t) for t in (batch_mean, batch_variance)
+    )
+    new_mean = new_variance = None
+    if momentum is not None:
+        new_mean, new_variance = (
+            ops.where(total > 0, old * momentum + new * (1.0 - momentum), old)
+            for old, new in (
+                (moving_mean, batch_mean), (moving_variance, batch_variance)
+            )
+        )
+    return Normalization(
+        outputs, batch_mean, batch_variance, total, new_mean, new_variance
+    )
+
+
+def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
+                    ghost_batch_size, epsilon, moving_mean, moving_variance,
+                    momentum):
+    # Training without a mask, one custom gradient for the whole layer.
+    # Forward: the per-slice moments (mean a = s + d, variance b), the
+    # GroupNorm stage (SeqNorm), the ghost stage, the moving-average
+    # statistics and the affine y = (x - centre) * scale + beta. Backward:
+    # one reduction of dy and dy * (x - s), three stacked reductions over
+    # ghost batches, the batch and channel groups, one elementwise pass.
+    rank = len(x.shape)
+    channels = x.shape[channel_axis]
+    axes = reduction_axes(rank, channel_axis)
+    full = broadcast_shape(rank, channel_axis, channels)
+    offset_shape = [1] + full[1:]
+    size = _slice_size(x, axes)
+    batch_size = _batch_size(x)
+    ghosts = _ghost_batches(batch_size, groups_m, ghost_batch_size)
+    groups = None if groups_c is None else _ChannelGroups(channels, groups_c)
+    has_gamma, has_beta = gamma is not None, beta is not None
+    if gamma is None:
+        gamma = ops.ones((channels,), x.dtype)
+    if beta is None:
+        beta = ops.zeros((channels,), x.dtype)
+
+    @ops.custom_gradient
+    def normalize(x, gamma, beta):
+        if axes:
+            shift, shifted, d, q = _shifted_sums(x, channel_axis, groups)
+        else:
+            shift, shifted = x, None
+            d = q = ops.zeros_like(x)
+            if groups is not None:
+                shift = groups.spread(groups.first(x))
+                d = x - shift
+                q = ops.square(d)
+        if groups is not None:
+            # The GroupNorm stage: every slice of a group is shifted by the
+            # same value, a value of the group, so the group's moments are
+            # the means of d and q: one reduction of what pass 1 gave.
+            # Each slice's variance q - d^2 keeps the accuracy that matters
+            # here, relative to the group's variance.
+            width = groups.sizes(x.dtype)
+            group_shift, group_square = (
+                t / width
+                for t in groups.sum(d, q, differentiable=False)
+            )
+            group_mean = groups.first(shift) + group_shift
+            inv_std, std = _inverse_std(
+                _variance(group_square, group_shift), epsilon
+            )
+            spread_group_mean, spread_inv_std, spread_std = groups.spread(
+                group_mean, inv_std, std
+            )
+            normed = (d - groups.spread(group_shift)) * spread_inv_std
+            normed_variance = _finite(_variance(q, d)) * ops.square(
+                spread_inv_std
+            )
+        else:
+            normed, normed_variance = shift + d, _variance(q, d)
+        ghost_mean, ghost_variance, _ = _pool(
+            ghosts, normed, normed_variance, standardized=groups is not None,
+            differentiable=False,
+        )
+        sizes = ghosts.sizes(x.dtype)
+        # The batch statistics are the sums of these over ghost batches.
+        weights = sizes / ops.cast(batch_size, x.dtype)
+        weighted = (weights * ghost_mean, weights * ghost_variance)
+        inv_ghost = ops.rsqrt(ghost_variance + epsilon)
+        ghost_scale = inv_ghost * gamma
+        spread_mean, spread_scale = ghosts.spread(ghost_mean, ghost_scale)
+        if groups is not None:
+            centre = spread_group_mean + spread_mean * spread_std
+            scale = spread_inv_std * spread_scale
+        else:
+            centre, scale = spread_mean, spread_scale
+        centre, scale = fusion_barrier(centre, scale)
+        outputs = (x - ops.reshape(centre, full)) * ops.reshape(scale, full)
+        outputs = outputs + ops.reshape(beta, offset_shape)
+
+        def grad(*args, upstream=None):
+            dy = _upstream(args, upstream)[0]
+            if axes:
+                sum_dy, sum_dy_shifted = fusion_barrier(
+                    _as_matrix(ops.sum(dy, axis=axes, keepdims=True),
+                               channels),
+                    _as_matrix(
+                        ops.sum(dy * shifted, axis=axes, keepdims=True),
+                        channels,
+                    ),
+                )
+                # sum(dy * (x - centre)), exact around the shift.
+                sum_dy_centred = sum_dy_shifted - (centre - shift) * sum_dy
+            else:
+                sum_dy = dy
+                sum_dy_centred = dy * (x - centre)
+            # sum(dy * (normed input - ghost mean)) per slice.
+            if groups is not None:
+                spread_group_mean, spread_inv_std, spread_std = (
+                    groups.spread(group_mean, inv_std, std)
+                )
+                sum_dy_normed = spread_inv_std * sum_dy_centred
+            else:
+                sum_dy_normed = sum_dy_centred
+            ghost_dy, ghost_dy_normed = ghosts.sum(
+                sum_dy, sum_dy_normed, differentiable=False
+            )
+            grad_beta, grad_gamma = _sums(
+                (ghost_dy, ghost_dy_normed * inv_ghost), 0, outputs=True,
+                differentiable=False,
+            )
+            # The ghost stage: d/d(ghost mean), d/d(ghost variance).
+            grad_ghost_mean = -ghost_scale * ghost_dy / sizes
+            grad_ghost_variance = (
+                -0.5 * gamma * ghost_dy_normed * inv_ghost ** 3 / sizes
+            )
+            grad_normed_mean, grad_normed_variance, spread_mean, \
+                spread_scale = ghosts.spread(
+                    grad_ghost_mean, grad_ghost_variance, ghost_mean,
+                    ghost_scale,
+                )
+            grad_normed = grad_normed_mean + (
+                2.0 * grad_normed_variance * (normed - spread_mean)
+            )
+            if groups is not None:
+                # The GroupNorm stage, through the affine directly (with
+                # centre - group mean = ghost mean / inv_std) and through
+                # the ghost statistics (with normed = deviation * inv_std,
+                # normed variance = variance * inv_std^2).
+                at_mean, at_inv_std = groups.sum(
+                    spread_scale * sum_dy + grad_normed,
+                    spread_scale * (
+                        sum_dy_centred + (centre - spread_group_mean) * sum_dy
+                    )
+                    + (
+                        grad_normed * normed
+                        + 2.0 * grad_normed_variance * normed_variance
+                    ) * spread_std,
+                    differentiable=False,
+                )
+                width = groups.sizes(x.dtype)
+                grad_group_mean, grad_group_variance = groups.spread(
+                    -at_mean * inv_std / width,
+                    -0.5 * at_inv_std * inv_std ** 3 / width,
+                )
+                deviation = normed * spread_std
+                grad_mean = grad_normed * spread_inv_std + grad_group_mean + (
+                    2.0 * grad_group_variance * deviation
+                )
+                grad_variance = (
+                    grad_normed_variance * ops.square(spread_inv_std)
+                    + grad_group_variance
+                )
+            else:
+                grad_mean, grad_variance = grad_normed, grad_normed_variance
+            slope = grad_variance * (2.0 / size)
+            offset = grad_mean / size - d * slope
+            scale_, slope, offset = fusion_barrier(scale, slope, offset)
+            grad_x = dy * ops.reshape(scale_, full) + ops.reshape(
+                offset, full
+            )
+            if axes:
+                grad_x = grad_x + shifted * ops.reshape(slope, full)
+            return (
+                grad_x,
+                grad_gamma if has_gamma else ops.zeros_like(grad_gamma),
+                grad_beta if has_beta else ops.zeros_like(grad_beta),
+            )
+
+        return (outputs,) + weighted, grad
+
+    outputs, weighted_mean, weighted_variance = normalize(x, gamma, beta)
+    weighted_mean, weighted_variance = (
+        ops.stop_gradient(t) for t in (weighted_mean, weighted_variance)
+    )
+    batch_mean, batch_variance = _sums(
+        (weighted_mean, weighted_variance), 0, differentiable=False
+    )
+    count = ops.ones_like(batch_mean) * (
+        ops.cast(batch_size, x.dtype) * size
+    )
+    new_mean = new_variance = None
+    if momentum is not None:
+        # moving * momentum + batch * (1 - momentum) as one more row of the
+        # reduction: the update is no kernel of its own.
+        new_mean, new_variance = _sums(
+            (
+                ops.concatenate([
+                    weighted * (1.0 - momentum),
+                    ops.expand_dims(moving, 0) * momentum,
+                ])
+                for weighted, moving in (
+                    (weighted_mean, moving_mean),
+                    (weighted_variance, moving_variance),
+                )
+            ),
+            0,
+            outputs=True,
+            differentiable=False,
+        )
+    return Normalization(
+        outputs, batch_mean, batch_variance, count, new_mean, new_variance
+    )

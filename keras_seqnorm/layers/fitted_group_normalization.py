@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_seqnorm import ops as norm_ops
-from keras_seqnorm.layers.ghost_normalization import channel_axis_and_size
+from keras_seqnorm import validation
 
 
 @keras.saving.register_keras_serializable(package="keras_seqnorm")
@@ -97,7 +97,7 @@ class FittedGroupNormalization(keras.layers.GroupNormalization):
         return self._fitted_groups
 
     def build(self, input_shape):
-        channel_axis, channels = channel_axis_and_size(
+        channel_axis, channels = validation.channel_axis_and_size(
             type(self).__name__, self.axis, input_shape
         )
         limit = channels if self.groups == -1 else min(self.groups, channels)
@@ -143,7 +143,7 @@ class FittedGroupNormalization(keras.layers.GroupNormalization):
         if self.scale:
             scale = scale * ops.cast(self.gamma, dtype)
         beta = ops.cast(self.beta, dtype) if self.center else None
-        outputs = norm_ops.normalize(
+        outputs = norm_ops.apply_affine(
             inputs, mean, scale, beta, self._channel_axis
         )
         return ops.cast(outputs, self.compute_dtype)

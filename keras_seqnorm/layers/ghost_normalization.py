@@ -7,44 +7,7 @@ from keras import ops
 from keras import regularizers
 
 from keras_seqnorm import ops as norm_ops
-
-
-def _check_count(name, value, allow_none=True):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        expected = "a positive integer" + (" or None" if allow_none else "")
-        raise ValueError(
-            f"Argument `{name}` must be {expected}. Received: {name}={value!r}"
-        )
-
-
-def channel_axis_and_size(layer_name, axis, input_shape):
-    """Checks a norm layer's input shape; returns `(channel_axis, C)`.
-
-    The channel axis comes back non-negative; a `ValueError` names the
-    argument or the shape that is wrong.
-    """
-    rank = len(input_shape)
-    if rank < 2:
-        raise ValueError(
-            f"{layer_name} needs inputs of rank >= 2 (batch and channels). "
-            f"Received: input_shape={input_shape}"
-        )
-    channel_axis = norm_ops.resolve_axis(axis, rank)
-    if channel_axis is None or channel_axis == 0:
-        raise ValueError(
-            f"Argument `axis` must name a non-batch axis of the "
-            f"{rank}-D input (1 to {rank - 1}, or -1 to {1 - rank}). "
-            f"Received: axis={axis}"
-        )
-    channels = input_shape[channel_axis]
-    if channels is None:
-        raise ValueError(
-            f"The channel axis {axis} of the input must have a known "
-            f"size. Received: input_shape={input_shape}"
-        )
-    return channel_axis, channels
+from keras_seqnorm import validation
 
 
 @keras.saving.register_keras_serializable(package="keras_seqnorm")
@@ -148,28 +111,20 @@ class GhostNormalization(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_count("groups_m", groups_m)
-        _check_count("ghost_batch_size", ghost_batch_size)
-        if groups_m is not None and ghost_batch_size is not None:
-            raise ValueError(
-                "Give at most one of `groups_m` and `ghost_batch_size`. "
-                f"Received: groups_m={groups_m}, "
-                f"ghost_batch_size={ghost_batch_size}"
-            )
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise ValueError(
-                f"Argument `axis` must be an integer. Received: axis={axis!r}"
-            )
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(
-                "Argument `momentum` must be in [0, 1]. "
-                f"Received: momentum={momentum}"
-            )
-        if not epsilon > 0.0:
-            raise ValueError(
-                "Argument `epsilon` must be positive. "
-                f"Received: epsilon={epsilon}"
-            )
+        groups_m = validation.positive_int(
+            "groups_m", groups_m, allow_none=True
+        )
+        ghost_batch_size = validation.positive_int(
+            "ghost_batch_size", ghost_batch_size, allow_none=True
+        )
+        validation.at_most_one(
+            groups_m=groups_m, ghost_batch_size=ghost_batch_size
+        )
+        axis = validation.integer("axis", axis)
+        momentum = validation.number("momentum", momentum, 0.0, 1.0)
+        epsilon = validation.number("epsilon", epsilon, 0.0, low_open=True)
+        center = validation.boolean("center", center)
+        scale = validation.boolean("scale", scale)
         self.groups_m = groups_m
         self.ghost_batch_size = ghost_batch_size
         self.axis = axis
@@ -201,7 +156,7 @@ class GhostNormalization(keras.layers.Layer):
         self.moving_variance = None
 
     def build(self, input_shape):
-        channel_axis, channels = channel_axis_and_size(
+        channel_axis, channels = validation.channel_axis_and_size(
             type(self).__name__, self.axis, input_shape
         )
         self._channel_axis = channel_axis
@@ -267,50 +222,28 @@ class GhostNormalization(keras.layers.Layer):
         gamma = ops.cast(self.gamma, dtype) if self.scale else None
         beta = ops.cast(self.beta, dtype) if self.center else None
         training = bool(training) and self.trainable
-        stats = norm_ops.sequential_moments(
+        result = norm_ops.sequential_normalization(
             inputs,
-            self._channel_axis,
+            gamma,
+            beta,
+            channel_axis=self._channel_axis,
             groups_c=self._groups_c(),
             groups_m=self._groups_m,
             ghost_batch_size=self.ghost_batch_size,
             epsilon=self.epsilon,
-            mask=mask,
             training=training,
+            moving_mean=ops.cast(self.moving_mean, dtype),
+            moving_variance=ops.cast(self.moving_variance, dtype),
+            momentum=self.momentum if training else None,
+            mask=mask,
         )
         if training:
-            mean, variance = stats["mean"], stats["variance"]
-            self._update_moving_statistics(
-                stats["sample_count"], mean, variance
-            )
-            ghost_count = stats["count"] if mask is not None else None
-        else:
-            mean = ops.cast(self.moving_mean, dtype)
-            variance = ops.cast(self.moving_variance, dtype)
-            ghost_count = None
-        outputs = norm_ops.sequential_normalize(
-            inputs,
-            stats,
-            mean,
-            variance,
-            gamma,
-            beta,
-            self.epsilon,
-            self._channel_axis,
-            ghost_count=ghost_count,
-        )
-        return ops.cast(outputs, self.compute_dtype)
-
-    def _update_moving_statistics(self, count, mean, variance):
-        batch_mean, total = norm_ops.weighted_average(count, mean)
-        batch_variance, _ = norm_ops.weighted_average(count, variance)
-        seen = total > 0
-        for variable, value in (
-            (self.moving_mean, batch_mean),
-            (self.moving_variance, batch_variance),
-        ):
-            old = ops.cast(variable, value.dtype)
-            new = old * self.momentum + value * (1.0 - self.momentum)
-            variable.assign(ops.cast(ops.where(seen, new, old), variable.dtype))
+            for variable, value in (
+                (self.moving_mean, result.moving_mean),
+                (self.moving_variance, result.moving_variance),
+            ):
+                variable.assign(ops.cast(value, variable.dtype))
+        return ops.cast(result.outputs, self.compute_dtype)
 
     def get_config(self):
         config = {

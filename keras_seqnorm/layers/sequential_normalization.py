@@ -2,9 +2,8 @@
 
 import keras
 
+from keras_seqnorm import validation
 from keras_seqnorm.layers.ghost_normalization import GhostNormalization
-from keras_seqnorm.layers.ghost_normalization import _check_count
-from keras_seqnorm.layers.ghost_normalization import channel_axis_and_size
 
 
 @keras.saving.register_keras_serializable(package="keras_seqnorm")
@@ -76,7 +75,7 @@ class SequentialNormalization(GhostNormalization):
         axis=-1,
         **kwargs,
     ):
-        _check_count("groups_c", groups_c, allow_none=False)
+        groups_c = validation.positive_int("groups_c", groups_c)
         super().__init__(
             groups_m=groups_m,
             ghost_batch_size=ghost_batch_size,
@@ -86,7 +85,7 @@ class SequentialNormalization(GhostNormalization):
         self.groups_c = groups_c
 
     def build(self, input_shape):
-        _, channels = channel_axis_and_size(
+        _, channels = validation.channel_axis_and_size(
             type(self).__name__, self.axis, input_shape
         )
         if channels % self.groups_c:
