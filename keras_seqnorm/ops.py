@@ -65,26 +65,34 @@ def _mask_weights(mask, x):
 
 
 def fusion_barrier(*tensors):
-    """The tensors themselves; under XLA, a boundary no fusion crosses.
+    """The tensors themselves, computed apart from their consumers under XLA.
 
-    An identity for values. Under XLA (JAX, and TensorFlow inside an XLA
-    cluster) it is an optimization barrier, which generates no code: the
-    `(M, C)` statistics before it are computed once and stored, instead of
-    being recomputed inside every loop over the input that reads them, and a
-    reduction over the input is never duplicated into its consumers.
-    Elsewhere the tensors come back as they are. It has no gradient of its
-    own on TensorFlow: use it inside custom gradients only.
+    An identity for values and gradients. Under XLA (JAX, and TensorFlow
+    inside an XLA cluster) the tensors, which must share one shape, are
+    gathered by constant row indices, which XLA neither simplifies away nor
+    fuses into a consumer that reads each value many times: so small
+    `(M, C)` statistics are computed once, in one kernel, and stored,
+    instead of being recomputed (with the index arithmetic of their
+    broadcasts) at every position of the loops over the input that read
+    them. (`jax.lax.optimization_barrier` does not do this on CPUs: XLA
+    removes it before fusion there.) Elsewhere the tensors come back as
+    they are.
 
     Returns:
         The tensor for one argument, else a tuple of them.
     """
     backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        tensors = jax.lax.optimization_barrier(tuple(tensors))
-    elif backend == "tensorflow" and _keras_compat.in_xla_context():
-        tensors = _keras_compat.xla_optimization_barrier(tensors)
+    in_xla = backend == "jax" or (
+        backend == "tensorflow" and _keras_compat.in_xla_context()
+    )
+    if in_xla:
+        stacked = ops.stack(tensors, axis=1)
+        rows = stacked.shape[0]
+        rows = ops.arange(ops.shape(stacked)[0]) if rows is None else (
+            np.arange(rows, dtype="int32")
+        )
+        stacked = ops.take(stacked, rows, axis=0)
+        tensors = tuple(stacked[:, i] for i in range(len(tensors)))
     return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
 
@@ -158,11 +166,9 @@ def _shifted_sums(x, channel_axis, groups=None):
         shift = groups.spread(groups.first(shift))
     full = broadcast_shape(rank, channel_axis, channels)
     shifted = x - ops.reshape(shift, full)
-    d, q = fusion_barrier(
-        _as_matrix(ops.mean(shifted, axis=axes, keepdims=True), channels),
-        _as_matrix(
-            ops.mean(ops.square(shifted), axis=axes, keepdims=True), channels
-        ),
+    d = _as_matrix(ops.mean(shifted, axis=axes, keepdims=True), channels)
+    q = _as_matrix(
+        ops.mean(ops.square(shifted), axis=axes, keepdims=True), channels
     )
     return shift, shifted, d, q
 
@@ -552,9 +558,8 @@ def _per_sample_affine(x, centre, scale, offset, channel_axis):
 
         def grad(*args, upstream=None):
             upstream = _upstream(args, upstream)
-            grad_sum, grad_scale = fusion_barrier(
-                per_slice(upstream), per_slice(upstream * (x - full_centre))
-            )
+            grad_sum = per_slice(upstream)
+            grad_scale = per_slice(upstream * (x - full_centre))
             return (
                 upstream * full_scale,
                 -grad_sum * scale,
@@ -608,14 +613,11 @@ def _group_stage(grouping, mean, variance, count, epsilon):
 
 def _inverse_std(variance, epsilon):
     # 1 / sqrt(variance + eps) and sqrt(variance + eps) (1 where that is
-    # infinite), as one stacked tensor behind a fusion barrier (inside
-    # custom gradients only): one kernel under XLA.
+    # infinite).
     shifted = variance + epsilon
-    scales = fusion_barrier(ops.stack([
-        ops.rsqrt(shifted),
-        ops.where(ops.isinf(shifted), 1.0, ops.sqrt(shifted)),
-    ]))
-    return scales[0], scales[1]
+    inv_std = ops.rsqrt(shifted)
+    # sqrt(v) as v / sqrt(v): one expensive operation, not two.
+    return inv_std, ops.where(inv_std > 0, shifted * inv_std, 1.0)
 
 
 def _finite(t):
@@ -805,12 +807,23 @@ def sequential_normalization(x, gamma=None, beta=None, *, channel_axis,
 def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
                     ghost_batch_size, epsilon, moving_mean, moving_variance,
                     momentum):
-    # Training without a mask, one custom gradient for the whole layer.
-    # Forward: the per-slice moments (mean a = s + d, variance b), the
-    # GroupNorm stage (SeqNorm), the ghost stage, the moving-average
-    # statistics and the affine y = (x - centre) * scale + beta. Backward:
-    # one reduction of dy and dy * (x - s), three stacked reductions over
-    # ghost batches, the batch and channel groups, one elementwise pass.
+    # Training without a mask, with one custom gradient for the whole layer.
+    #
+    # Forward: pass 1 reduces x - s and (x - s)^2 per (sample, channel),
+    # s a shift (the slice's first element; for SeqNorm that of its
+    # group's first channel). SeqNorm's GroupNorm stage pools those over
+    # each sample's channel groups into z = (x - group mean) * rho; the
+    # ghost stage pools the per-slice moments of z (GhostNorm: of x) over
+    # ghost batches into mu and r = 1 / sqrt(var + eps); pass 2 writes
+    # y = gamma * r * (z - mu) + beta as (x - centre) * scale + beta.
+    #
+    # Backward, BatchNorm's own formula twice: the ghost stage gives
+    # dz = gamma r (dy - alpha - z_hat beta), alpha and beta the ghost
+    # means of dy and dy * z_hat (z_hat = (z - mu) r); the GroupNorm stage
+    # gives dx = rho (dz - E[dz] - z E[dz z]) over each (sample, group).
+    # Every mean comes from pass 3's sums of dy and dy * (x - s) per
+    # (sample, channel), so dx = dy * scale + (x - s) * slope + offset is
+    # pass 4, with (M, C) terms.
     rank = len(x.shape)
     channels = x.shape[channel_axis]
     axes = reduction_axes(rank, channel_axis)
@@ -829,33 +842,29 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
     @ops.custom_gradient
     def normalize(x, gamma, beta):
         if axes:
-            shift, shifted, d, q = _shifted_sums(x, channel_axis, groups)
+            shift, _, d, q = _shifted_sums(x, channel_axis, groups)
         else:
-            shift, shifted = x, None
-            d = q = ops.zeros_like(x)
-            if groups is not None:
-                shift = groups.spread(groups.first(x))
-                d = x - shift
-                q = ops.square(d)
+            shift = x if groups is None else groups.spread(groups.first(x))
+            d = x - shift
+            q = ops.square(d)
         if groups is not None:
-            # The GroupNorm stage: every slice of a group is shifted by the
-            # same value, a value of the group, so the group's moments are
-            # the means of d and q: one reduction of what pass 1 gave.
-            # Each slice's variance q - d^2 keeps the accuracy that matters
-            # here, relative to the group's variance.
+            # Every slice of a group is shifted by the same value, a value
+            # of the group, so the group's moments are the means of d and
+            # q: one reduction of what pass 1 gave. Each slice's variance
+            # q - d^2 keeps the accuracy that matters here, relative to
+            # the group's variance.
             width = groups.sizes(x.dtype)
             group_shift, group_square = (
-                t / width
-                for t in groups.sum(d, q, differentiable=False)
+                t / width for t in groups.sum(d, q, differentiable=False)
             )
-            group_mean = groups.first(shift) + group_shift
             inv_std, std = _inverse_std(
                 _variance(group_square, group_shift), epsilon
             )
-            spread_group_mean, spread_inv_std, spread_std = groups.spread(
-                group_mean, inv_std, std
+            spread_shift, spread_inv_std, spread_std = groups.spread(
+                group_shift, inv_std, std
             )
-            normed = (d - groups.spread(group_shift)) * spread_inv_std
+            # The per-slice mean and mean square of z = (x - s - e) * rho.
+            normed = (d - spread_shift) * spread_inv_std
             normed_variance = _finite(_variance(q, d)) * ops.square(
                 spread_inv_std
             )
@@ -873,7 +882,7 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
         ghost_scale = inv_ghost * gamma
         spread_mean, spread_scale = ghosts.spread(ghost_mean, ghost_scale)
         if groups is not None:
-            centre = spread_group_mean + spread_mean * spread_std
+            centre = shift + spread_shift + spread_mean * spread_std
             scale = spread_inv_std * spread_scale
         else:
             centre, scale = spread_mean, spread_scale
@@ -883,87 +892,86 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
 
         def grad(*args, upstream=None):
             dy = _upstream(args, upstream)[0]
+            # x - s again rather than kept from the forward pass: a
+            # separately compiled backward function then reads x, not a
+            # stored copy.
+            shifted = x - ops.reshape(shift, full)
             if axes:
-                sum_dy, sum_dy_shifted = fusion_barrier(
-                    _as_matrix(ops.sum(dy, axis=axes, keepdims=True),
-                               channels),
-                    _as_matrix(
-                        ops.sum(dy * shifted, axis=axes, keepdims=True),
-                        channels,
-                    ),
+                sum_dy = _as_matrix(
+                    ops.sum(dy, axis=axes, keepdims=True), channels
                 )
-                # sum(dy * (x - centre)), exact around the shift.
-                sum_dy_centred = sum_dy_shifted - (centre - shift) * sum_dy
+                sum_dy_shifted = _as_matrix(
+                    ops.sum(dy * shifted, axis=axes, keepdims=True), channels
+                )
             else:
-                sum_dy = dy
-                sum_dy_centred = dy * (x - centre)
-            # sum(dy * (normed input - ghost mean)) per slice.
+                sum_dy, sum_dy_shifted = dy, dy * shifted
+            spread_mean = ghosts.spread(ghost_mean)
+            # sum(dy * (z - mu)) per slice, exact around the shift.
             if groups is not None:
-                spread_group_mean, spread_inv_std, spread_std = (
-                    groups.spread(group_mean, inv_std, std)
+                sum_dy_centred = (
+                    spread_inv_std * (sum_dy_shifted - spread_shift * sum_dy)
+                    - spread_mean * sum_dy
                 )
-                sum_dy_normed = spread_inv_std * sum_dy_centred
             else:
-                sum_dy_normed = sum_dy_centred
-            ghost_dy, ghost_dy_normed = ghosts.sum(
-                sum_dy, sum_dy_normed, differentiable=False
+                sum_dy_centred = sum_dy_shifted - (spread_mean - shift) * (
+                    sum_dy
+                )
+            ghost_dy, ghost_dy_centred = ghosts.sum(
+                sum_dy, sum_dy_centred, differentiable=False
             )
             grad_beta, grad_gamma = _sums(
-                (ghost_dy, ghost_dy_normed * inv_ghost), 0, outputs=True,
+                (ghost_dy, ghost_dy_centred * inv_ghost), 0, outputs=True,
                 differentiable=False,
             )
-            # The ghost stage: d/d(ghost mean), d/d(ghost variance).
-            grad_ghost_mean = -ghost_scale * ghost_dy / sizes
-            grad_ghost_variance = (
-                -0.5 * gamma * ghost_dy_normed * inv_ghost ** 3 / sizes
-            )
-            grad_normed_mean, grad_normed_variance, spread_mean, \
-                spread_scale = ghosts.spread(
-                    grad_ghost_mean, grad_ghost_variance, ghost_mean,
-                    ghost_scale,
-                )
-            grad_normed = grad_normed_mean + (
-                2.0 * grad_normed_variance * (normed - spread_mean)
+            # alpha = mean(dy), beta_ = mean(dy * z_hat) over ghost batches;
+            # dz = gamma r dy + z * z_slope + z_offset.
+            count = sizes * size
+            alpha = ghost_dy / count
+            beta_ = inv_ghost * ghost_dy_centred / count
+            z_slope = -ghost_scale * inv_ghost * beta_
+            z_offset = -ghost_scale * alpha - z_slope * ghost_mean
+            spread_slope, spread_offset, spread_scale = ghosts.spread(
+                z_slope, z_offset, ghost_scale
             )
             if groups is not None:
-                # The GroupNorm stage, through the affine directly (with
-                # centre - group mean = ghost mean / inv_std) and through
-                # the ghost statistics (with normed = deviation * inv_std,
-                # normed variance = variance * inv_std^2).
-                at_mean, at_inv_std = groups.sum(
-                    spread_scale * sum_dy + grad_normed,
-                    spread_scale * (
-                        sum_dy_centred + (centre - spread_group_mean) * sum_dy
+                # sum(dz) and sum(dz * z) per slice, then their means over
+                # each (sample, group).
+                square = normed_variance + ops.square(normed)
+                sum_dz = (
+                    spread_scale * sum_dy
+                    + size * (spread_slope * normed + spread_offset)
+                )
+                sum_dz_z = (
+                    spread_scale * (sum_dy_centred + spread_mean * sum_dy)
+                    + size * (spread_slope * square + spread_offset * normed)
+                )
+                mean_dz, mean_dz_z = (
+                    groups.spread(t / (groups.sizes(x.dtype) * size))
+                    for t in groups.sum(
+                        sum_dz, sum_dz_z, differentiable=False
                     )
-                    + (
-                        grad_normed * normed
-                        + 2.0 * grad_normed_variance * normed_variance
-                    ) * spread_std,
-                    differentiable=False,
                 )
-                width = groups.sizes(x.dtype)
-                grad_group_mean, grad_group_variance = groups.spread(
-                    -at_mean * inv_std / width,
-                    -0.5 * at_inv_std * inv_std ** 3 / width,
+                # dx = rho (dz - mean_dz - z mean_dz_z), z = rho (x - s - e).
+                z_slope = spread_slope - mean_dz_z
+                slope = ops.square(spread_inv_std) * z_slope
+                offset = spread_inv_std * (
+                    spread_offset - mean_dz
+                    - spread_inv_std * spread_shift * z_slope
                 )
-                deviation = normed * spread_std
-                grad_mean = grad_normed * spread_inv_std + grad_group_mean + (
-                    2.0 * grad_group_variance * deviation
-                )
-                grad_variance = (
-                    grad_normed_variance * ops.square(spread_inv_std)
-                    + grad_group_variance
-                )
+                scale_x = spread_inv_std * spread_scale
             else:
-                grad_mean, grad_variance = grad_normed, grad_normed_variance
-            slope = grad_variance * (2.0 / size)
-            offset = grad_mean / size - d * slope
-            scale_, slope, offset = fusion_barrier(scale, slope, offset)
-            grad_x = dy * ops.reshape(scale_, full) + ops.reshape(
-                offset, full
+                # z = x = s + (x - s).
+                slope = spread_slope
+                offset = spread_offset + spread_slope * shift
+                scale_x = spread_scale
+            scale_x, slope, offset, shift_x = fusion_barrier(
+                scale_x, slope, offset, shift
             )
-            if axes:
-                grad_x = grad_x + shifted * ops.reshape(slope, full)
+            grad_x = (
+                dy * ops.reshape(scale_x, full)
+                + (x - ops.reshape(shift_x, full)) * ops.reshape(slope, full)
+                + ops.reshape(offset, full)
+            )
             return (
                 grad_x,
                 grad_gamma if has_gamma else ops.zeros_like(grad_gamma),

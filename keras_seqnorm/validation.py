@@ -138,10 +138,23 @@ def number(name, value, low=None, high=None, low_open=False,
     return int(value) if _is_integer(value) else float(value)
 
 
-def boolean(name, value, error=ValueError):
-    """Checks that `value` is `True` or `False` (a NumPy bool too)."""
+def boolean(name, value, allow_none=False, error=ValueError):
+    """Checks that `value` is `True` or `False` (a NumPy bool too).
+
+    Args:
+        name: The argument's name.
+        value: The value received.
+        allow_none: Whether `None` is accepted. Defaults to `False`.
+        error: The exception class raised. Defaults to `ValueError`.
+
+    Returns:
+        `value` as a `bool`, or `None`.
+    """
+    if value is None and allow_none:
+        return None
     if not isinstance(value, (bool, np.bool_)):
-        fail(name, "True or False", value, error)
+        expected = "True or False" + (" or None" if allow_none else "")
+        fail(name, expected, value, error)
     return bool(value)
 
 

@@ -6,8 +6,27 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
+from keras_seqnorm import _keras_compat
 from keras_seqnorm import ops as norm_ops
 from keras_seqnorm import validation
+
+# Backends with an XLA-compiled path: on TensorFlow the layer's own
+# compiled call, on JAX the jit-compiled step that Keras builds.
+_XLA_BACKENDS = ("tensorflow", "jax")
+
+
+def _compile(function):
+    """`function` as a `tf.function(jit_compile=True)`.
+
+    Forward and backward both run compiled (TensorFlow compiles the backward
+    function of a jit-compiled function too); new input shapes retrace with
+    the batch size relaxed to unknown.
+    """
+    import tensorflow as tf
+
+    return tf.function(
+        function, jit_compile=True, reduce_retracing=True, autograph=False
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_seqnorm")
@@ -108,6 +127,7 @@ class GhostNormalization(keras.layers.Layer):
         gamma_regularizer=None,
         beta_constraint=None,
         gamma_constraint=None,
+        fused=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -125,6 +145,13 @@ class GhostNormalization(keras.layers.Layer):
         epsilon = validation.number("epsilon", epsilon, 0.0, low_open=True)
         center = validation.boolean("center", center)
         scale = validation.boolean("scale", scale)
+        fused = validation.boolean("fused", fused, allow_none=True)
+        if fused and keras.backend.backend() not in _XLA_BACKENDS:
+            raise ValueError(
+                "Argument `fused=True` needs the TensorFlow or JAX backend "
+                "(an XLA-compiled call); use None or False on "
+                f"{keras.backend.backend()}. Received: fused={fused}"
+            )
         self.groups_m = groups_m
         self.ghost_batch_size = ghost_batch_size
         self.axis = axis
@@ -142,6 +169,7 @@ class GhostNormalization(keras.layers.Layer):
         self.gamma_regularizer = regularizers.get(gamma_regularizer)
         self.beta_constraint = constraints.get(beta_constraint)
         self.gamma_constraint = constraints.get(gamma_constraint)
+        self.fused = fused
         self.supports_masking = True
         # Inputs above float16's range must reach `call` uncast.
         self.autocast = False
@@ -150,6 +178,7 @@ class GhostNormalization(keras.layers.Layer):
         else:
             self._groups_m = groups_m
         self._channel_axis = None
+        self._compiled_normalize = None
         self.gamma = None
         self.beta = None
         self.moving_mean = None
@@ -222,6 +251,41 @@ class GhostNormalization(keras.layers.Layer):
         gamma = ops.cast(self.gamma, dtype) if self.scale else None
         beta = ops.cast(self.beta, dtype) if self.center else None
         training = bool(training) and self.trainable
+        normalize = self._normalize
+        if self._compiled_path():
+            if self._compiled_normalize is None:
+                self._compiled_normalize = _compile(self._normalize)
+            normalize = self._compiled_normalize
+        outputs, moving_mean, moving_variance = normalize(
+            inputs,
+            gamma,
+            beta,
+            ops.cast(self.moving_mean, dtype),
+            ops.cast(self.moving_variance, dtype),
+            mask,
+            training=training,
+        )
+        if training:
+            for variable, value in (
+                (self.moving_mean, moving_mean),
+                (self.moving_variance, moving_variance),
+            ):
+                variable.assign(ops.cast(value, variable.dtype))
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _compiled_path(self):
+        # The layer's own XLA-compiled call (TensorFlow), unless
+        # `fused=False` or the call is already inside an XLA cluster.
+        return (
+            self.fused is not False
+            and keras.backend.backend() == "tensorflow"
+            and not _keras_compat.in_xla_context()
+        )
+
+    def _normalize(self, inputs, gamma, beta, moving_mean, moving_variance,
+                   mask, training):
+        # The whole layer as a pure function: the outputs and, in
+        # training, the updated moving statistics.
         result = norm_ops.sequential_normalization(
             inputs,
             gamma,
@@ -232,18 +296,12 @@ class GhostNormalization(keras.layers.Layer):
             ghost_batch_size=self.ghost_batch_size,
             epsilon=self.epsilon,
             training=training,
-            moving_mean=ops.cast(self.moving_mean, dtype),
-            moving_variance=ops.cast(self.moving_variance, dtype),
+            moving_mean=moving_mean,
+            moving_variance=moving_variance,
             momentum=self.momentum if training else None,
             mask=mask,
         )
-        if training:
-            for variable, value in (
-                (self.moving_mean, result.moving_mean),
-                (self.moving_variance, result.moving_variance),
-            ):
-                variable.assign(ops.cast(value, variable.dtype))
-        return ops.cast(result.outputs, self.compute_dtype)
+        return result.outputs, result.moving_mean, result.moving_variance
 
     def get_config(self):
         config = {
@@ -266,5 +324,6 @@ class GhostNormalization(keras.layers.Layer):
             "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
             "beta_constraint": constraints.serialize(self.beta_constraint),
             "gamma_constraint": constraints.serialize(self.gamma_constraint),
+            "fused": self.fused,
         }
         return {**super().get_config(), **config}
