@@ -604,10 +604,22 @@ def _group_stage(grouping, mean, variance, count, epsilon):
     # moments of the GroupNorm-ed values, (M, C). An infinite group
     # variance gives inv_std 0 and GroupNorm-ed values 0, never inf * 0.
     group_mean, group_variance, _ = _pool(grouping, mean, variance, count)
-    inv_std = ops.rsqrt(group_variance + epsilon)
+    # Where the variance is infinite, inv_std is 0 without differentiating
+    # rsqrt there (0 * inf would be NaN).
+    infinite = ops.isinf(group_variance)
+    inv_std = ops.where(
+        infinite, 0.0,
+        ops.rsqrt(ops.where(infinite, 0.0, group_variance) + epsilon),
+    )
     spread_inv_std = grouping.spread(inv_std)
-    normed = (mean - grouping.spread(group_mean)) * spread_inv_std
-    normed_variance = _finite(variance) * ops.square(spread_inv_std)
+    finite = spread_inv_std > 0
+    normed = ops.where(
+        finite, (mean - grouping.spread(group_mean)) * spread_inv_std, 0.0
+    )
+    normed_variance = ops.where(
+        finite, ops.where(finite, variance, 0.0) * ops.square(spread_inv_std),
+        0.0,
+    )
     return group_mean, inv_std, normed, normed_variance
 
 
@@ -905,20 +917,24 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
                 )
             else:
                 sum_dy, sum_dy_shifted = dy, dy * shifted
-            spread_mean = ghosts.spread(ghost_mean)
-            # sum(dy * (z - mu)) per slice, exact around the shift.
+            # sum(dy * (z - mu)) over each ghost batch: for SeqNorm from
+            # sum(dy * z) (standardized values: no shift needed), for
+            # GhostNorm exact around the shift.
             if groups is not None:
-                sum_dy_centred = (
-                    spread_inv_std * (sum_dy_shifted - spread_shift * sum_dy)
-                    - spread_mean * sum_dy
+                sum_dy_z = spread_inv_std * (
+                    sum_dy_shifted - spread_shift * sum_dy
                 )
+                ghost_dy, ghost_dy_z = ghosts.sum(
+                    sum_dy, sum_dy_z, differentiable=False
+                )
+                ghost_dy_centred = ghost_dy_z - ghost_mean * ghost_dy
             else:
-                sum_dy_centred = sum_dy_shifted - (spread_mean - shift) * (
-                    sum_dy
+                sum_dy_centred = sum_dy_shifted - (
+                    ghosts.spread(ghost_mean) - shift
+                ) * sum_dy
+                ghost_dy, ghost_dy_centred = ghosts.sum(
+                    sum_dy, sum_dy_centred, differentiable=False
                 )
-            ghost_dy, ghost_dy_centred = ghosts.sum(
-                sum_dy, sum_dy_centred, differentiable=False
-            )
             grad_beta, grad_gamma = _sums(
                 (ghost_dy, ghost_dy_centred * inv_ghost), 0, outputs=True,
                 differentiable=False,
@@ -941,9 +957,8 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
                     spread_scale * sum_dy
                     + size * (spread_slope * normed + spread_offset)
                 )
-                sum_dz_z = (
-                    spread_scale * (sum_dy_centred + spread_mean * sum_dy)
-                    + size * (spread_slope * square + spread_offset * normed)
+                sum_dz_z = spread_scale * sum_dy_z + size * (
+                    spread_slope * square + spread_offset * normed
                 )
                 mean_dz, mean_dz_z = (
                     groups.spread(t / (groups.sizes(x.dtype) * size))

@@ -11,6 +11,7 @@ The helpers take the argument's name first, as it is spelled where the
 user wrote it (`"groups_m"` for a layer, `"--groups-m"` for a flag).
 
 Checks:
+- `is_integer`, `is_number`: predicates, for checks of their own.
 - `positive_int`: an integer >= 1 (optionally `None`).
 - `integer`: any integer (e.g. an axis).
 - `number`: a finite real number, optionally within bounds.
@@ -52,14 +53,14 @@ def fail(name, expected, value, error=ValueError):
     )
 
 
-def _is_integer(value):
-    # int and NumPy integers, never bool (a subclass of int; NumPy's bool is
-    # no `numbers.Integral`).
+def is_integer(value):
+    """Whether `value` is an `int` or NumPy integer (never a bool)."""
+    # NumPy's bool is no `numbers.Integral`; Python's bool is.
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_real(value):
-    # int, float and NumPy numbers, never bool.
+def is_number(value):
+    """Whether `value` is an `int`, `float` or NumPy number (never a bool)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -77,7 +78,7 @@ def positive_int(name, value, allow_none=False, error=ValueError):
     """
     if value is None and allow_none:
         return None
-    if not _is_integer(value) or value < 1:
+    if not is_integer(value) or value < 1:
         expected = "a positive integer" + (" or None" if allow_none else "")
         fail(name, expected, value, error)
     return int(value)
@@ -85,17 +86,21 @@ def positive_int(name, value, allow_none=False, error=ValueError):
 
 def integer(name, value, error=ValueError):
     """Checks that `value` is an integer (not a bool); returns an `int`."""
-    if not _is_integer(value):
+    if not is_integer(value):
         fail(name, "an integer", value, error)
     return int(value)
 
 
-def _interval(low, high, low_open, high_open):
-    left = "(" if low_open else "["
-    right = ")" if high_open else "]"
-    low = "-inf" if low is None else f"{low:g}"
-    high = "inf" if high is None else f"{high:g}"
-    return f"{left}{low}, {high}{right}"
+def _bounds(low, high, low_open, high_open):
+    # "in [0, 1]", "> 0", "<= 1".
+    if low is not None and high is not None:
+        left, right = "([" [not low_open], ")]"[not high_open]
+        return f" in {left}{low:g}, {high:g}{right}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {high:g}"
+    return ""
 
 
 def number(name, value, low=None, high=None, low_open=False,
@@ -125,17 +130,14 @@ def number(name, value, low=None, high=None, low_open=False,
     """
     if value is None and allow_none:
         return None
-    bounded = low is not None or high is not None
-    expected = "a finite number"
-    if bounded:
-        expected += " in " + _interval(low, high, low_open, high_open)
-    if not _is_real(value) or not math.isfinite(value):
+    expected = "a finite number" + _bounds(low, high, low_open, high_open)
+    if not is_number(value) or not math.isfinite(value):
         fail(name, expected, value, error)
     if low is not None and (value < low or (low_open and value == low)):
         fail(name, expected, value, error)
     if high is not None and (value > high or (high_open and value == high)):
         fail(name, expected, value, error)
-    return int(value) if _is_integer(value) else float(value)
+    return int(value) if is_integer(value) else float(value)
 
 
 def boolean(name, value, allow_none=False, error=ValueError):
@@ -192,7 +194,7 @@ def positive_ints(name, values, distinct=False, error=ValueError):
     if (
         not isinstance(values, (list, tuple))
         or not values
-        or not all(_is_integer(v) and v >= 1 for v in values)
+        or not all(is_integer(v) and v >= 1 for v in values)
         or (distinct and len(set(values)) != len(values))
     ):
         fail(name, expected, values, error)

@@ -65,15 +65,15 @@ class FittedGroupNormalization(keras.layers.GroupNormalization):
         gamma_constraint=None,
         **kwargs,
     ):
-        if isinstance(groups, bool):
-            raise ValueError(
-                "Argument `groups` must be a positive integer or -1. "
-                f"Received: groups={groups}"
-            )
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise ValueError(
-                f"Argument `axis` must be an integer. Received: axis={axis!r}"
-            )
+        if not validation.is_integer(groups) or not (
+            groups == -1 or groups >= 1
+        ):
+            validation.fail("groups", "a positive integer or -1", groups)
+        groups = int(groups)
+        axis = validation.integer("axis", axis)
+        epsilon = validation.number("epsilon", epsilon, 0.0, low_open=True)
+        center = validation.boolean("center", center)
+        scale = validation.boolean("scale", scale)
         super().__init__(
             groups=groups,
             axis=axis,

@@ -56,14 +56,28 @@ class GhostNormalization(keras.layers.Layer):
     the layer normalizes with `moving_mean` and `moving_variance`, like
     `BatchNormalization`.
 
-    Under a `tf.distribute` strategy, ghost batches are formed within each
-    replica's share of the batch: `groups_m=G` on `n` replicas is
-    `groups_m=n*G` on one device. The moving statistics are averaged across
-    replicas at each update, so every replica holds the same values.
+    **What `groups_m` counts** is the ghost batches of the batch the layer
+    sees. Under a `tf.distribute` strategy (`MirroredStrategy`, ...) that is
+    each replica's share of the global batch, so `groups_m=G` on `n`
+    replicas is `groups_m=n*G` on one device; the moving statistics are
+    averaged across replicas at each update, so every replica holds the
+    same values. Under `keras.distribution.DataParallel` on JAX the layer
+    sees the global batch, so `groups_m` counts ghost batches of the global
+    batch: `groups_m=n*G` there gives each of `n` devices `G` ghost batches
+    (`keras-seqnorm train` translates its per-device `--groups-m`).
+    `ghost_batch_size` means the same everywhere.
+
+    **Speed.** The layer reads the input twice and writes it once, like
+    `BatchNormalization`, with one custom gradient for the whole layer.
+    On TensorFlow, outside an XLA-compiled function (eager, or a model
+    compiled with `jit_compile=False`), it runs as its own XLA-compiled
+    function, forward and backward (`fused=None`); inside one it is part
+    of the enclosing computation. On JAX the step Keras compiles holds it.
 
     Args:
-        groups_m: Number of ghost batches G_M. Defaults to `None`: 4 unless
-            `ghost_batch_size` is given.
+        groups_m: Number of ghost batches G_M of the batch the layer sees
+            (see above). Defaults to `None`: 4 unless `ghost_batch_size` is
+            given.
         ghost_batch_size: Samples per ghost batch; then
             `G_M = ceil(M / ghost_batch_size)`. Give at most one of
             `groups_m` and `ghost_batch_size`. Defaults to `None`.
@@ -82,6 +96,11 @@ class GhostNormalization(keras.layers.Layer):
         gamma_regularizer: Regularizer for `gamma`. Defaults to `None`.
         beta_constraint: Constraint for `beta`. Defaults to `None`.
         gamma_constraint: Constraint for `gamma`. Defaults to `None`.
+        fused: Whether the layer runs as its own XLA-compiled function when
+            it is not inside one, as tf.keras' `fused` did: `None` where
+            supported (TensorFlow), `True` to require an XLA backend
+            (TensorFlow or JAX; a `ValueError` on others), `False` for plain
+            backend ops. The results are the same. Defaults to `None`.
         **kwargs: Base layer keyword arguments (e.g. `name`, `dtype`).
 
     Call arguments:
