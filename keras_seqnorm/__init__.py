@@ -13,6 +13,7 @@ from keras_seqnorm.layers import GhostNormalization
 from keras_seqnorm.layers import SequentialNormalization
 from keras_seqnorm.norms import NORM_LAYERS
 from keras_seqnorm.norms import get_norm_layer
+from keras_seqnorm.recalibrate import recalibrate_statistics
 from keras_seqnorm.version import __version__
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "get_norm_layer",
     "layers",
     "models",
+    "recalibrate_statistics",
 ]

@@ -1,10 +1,9 @@
 """Swapping the BatchNormalization layers of an existing model."""
 
+import inspect
+
 import keras
 from keras import ops
-
-# Keras exports no public name for the class of `keras.Model(inputs, outputs)`.
-from keras.src.models.functional import Functional
 
 from keras_seqnorm.norms import bound_keywords
 from keras_seqnorm.norms import get_norm_layer
@@ -32,7 +31,10 @@ _CARRIED_ARGUMENTS = (
 )
 # Weights copied from a BatchNormalization to the new norm where it has them.
 _CARRIED_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
-_GRAPH_MODELS = (keras.Sequential, Functional)
+# `keras.Model(inputs, outputs)` builds a `Functional` model, which Keras
+# exports only as its public base class `keras.Function`; a subclassed model
+# is neither.
+_GRAPH_MODELS = (keras.Sequential, keras.Function)
 _ADVICE = (
     "Build it with the norm you want instead, creating its norm layers "
     "with `keras_seqnorm.get_norm_layer(norm, **norm_kwargs)(axis=...)`, "
@@ -40,11 +42,40 @@ _ADVICE = (
 )
 
 
+def _sublayers(layer):
+    """Every layer `layer` holds, at any depth, as Keras tracks them: set as
+    attributes, directly or in lists, tuples and dicts."""
+    seen = {id(layer)}
+    pending = list(vars(layer).values())
+    while pending:
+        value = pending.pop()
+        if isinstance(value, (list, tuple)):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, keras.layers.Layer) and id(value) not in seen:
+            seen.add(id(value))
+            yield value
+            pending.extend(vars(value).values())
+
+
 def _holds_batch_norm(layer):
     return any(
         isinstance(sub, keras.layers.BatchNormalization)
-        for sub in layer._flatten_layers(include_self=False, recursive=True)
+        for sub in _sublayers(layer)
     )
+
+
+def _call_keywords(layer):
+    """The keyword arguments `layer.call` accepts; `None` if any."""
+    parameters = inspect.signature(layer.call).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return {
+        p.name
+        for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 class _Converter:
@@ -61,12 +92,18 @@ class _Converter:
         ]
         self.clones = {}
         self.pairs = []
+        self.norms = set()
 
     def convert_model(self, model, path):
         clone = keras.models.clone_model(
             model,
             clone_function=lambda layer: self.clone_layer(
                 layer, f"{path}/{layer.name}"
+            ),
+            # Sequential models call their layers without keywords.
+            call_function=(
+                None if isinstance(model, keras.Sequential)
+                else self.call_layer
             ),
         )
         if model.built and not clone.built:
@@ -88,6 +125,7 @@ class _Converter:
                 **{key: config[key] for key in self.carried if key in config}
             )
             self.pairs.append((layer, clone))
+            self.norms.add(id(clone))
         else:
             if _holds_batch_norm(layer):
                 raise ValueError(
@@ -101,6 +139,21 @@ class _Converter:
             self.pairs.append((layer, clone))
         self.clones[id(layer)] = clone
         return clone
+
+    def call_layer(self, layer, *args, **kwargs):
+        # A Functional model replays the keywords of each recorded call:
+        # BatchNormalization's `mask`, even when None. A new norm that takes
+        # no mask gets none, as when a model is built with it (Keras then
+        # passes the mask on, or drops it, by `supports_masking`).
+        if id(layer) in self.norms:
+            accepted = _call_keywords(layer)
+            if accepted is not None:
+                kwargs = {
+                    key: value
+                    for key, value in kwargs.items()
+                    if key in accepted
+                }
+        return layer(*args, **kwargs)
 
     def copy_weights(self):
         for layer, clone in self.pairs:
@@ -148,7 +201,8 @@ def convert_normalization(model, norm="sequential", **norm_kwargs):
 
     Raises:
         ValueError: for a subclassed model (its layer graph cannot be
-            cloned: build it with the new norm instead), a custom layer
+            cloned: build it with the new norm instead), a keras-hub task
+            (convert its `backbone` instead), a custom layer
             holding BatchNormalization layers, an unknown norm, or a norm
             argument the norm does not accept. The new norm's own checks
             also apply, e.g. `groups_c` must divide every normalized
@@ -169,6 +223,17 @@ def convert_normalization(model, norm="sequential", **norm_kwargs):
             "convert_normalization can only convert Functional and "
             "Sequential models, whose layer graph it can clone; "
             f"{type(model).__name__} is a subclassed model. {_ADVICE} "
+            f"Received: model={model.name!r}"
+        )
+    if type(model).__module__.startswith("keras_hub") and hasattr(
+        model, "backbone"
+    ):
+        raise ValueError(
+            f"convert_normalization would turn the keras-hub task "
+            f"{type(model).__name__} into a plain Functional model without "
+            "its preprocessor; convert its backbone and wrap that in a task "
+            "again: `keras_hub.models.ImageClassifier(backbone="
+            "convert_normalization(task.backbone, ...), num_classes=...)`. "
             f"Received: model={model.name!r}"
         )
     converter = _Converter(norm, norm_kwargs)

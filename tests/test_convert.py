@@ -4,7 +4,10 @@ import keras
 import numpy as np
 import pytest
 
+from keras_seqnorm import NORM_LAYERS
 from keras_seqnorm import convert_normalization
+from keras_seqnorm import get_norm_layer
+from keras_seqnorm import models
 from keras_seqnorm.layers import FittedGroupNormalization
 from keras_seqnorm.layers import GhostNormalization
 from keras_seqnorm.layers import IdentityNormalization
@@ -12,13 +15,24 @@ from keras_seqnorm.layers import SequentialNormalization
 from tests.helpers import to_numpy
 
 BN = keras.layers.BatchNormalization
+TENSORFLOW = keras.backend.backend() == "tensorflow"
+# Targets whose inference is BatchNormalization's with the same weights.
+SAME_INFERENCE = ("batch", "sync_batch", "ghost", "noisy_batch")
+
+
+def _layers(model):
+    """Every layer of `model` and of the models nested in it."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
 
 
 def _randomize_batch_norms(model, seed=0):
     """Moving statistics and affine far from their initial values, so a
     conversion that drops them changes the outputs."""
     rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _layers(model):
         if isinstance(layer, BN):
             c = layer.gamma.shape[0]
             layer.set_weights([
@@ -32,8 +46,26 @@ def _snapshot(model):
 
 
 def _batch_norms(model):
-    return [layer for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, BN)]
+    return [layer for layer in _layers(model) if isinstance(layer, BN)]
+
+
+def _plain_batch_norms(model):
+    # NoisyBatchNormalization is a BatchNormalization subclass.
+    return [layer for layer in _layers(model) if type(layer) is BN]
+
+
+def _target_class(norm):
+    factory = NORM_LAYERS[norm]
+    return getattr(factory, "func", factory)
+
+
+def _sync_batch_refused(norm):
+    """`sync_batch` is TensorFlow's: elsewhere the converter refuses it."""
+    if norm != "sync_batch" or TENSORFLOW:
+        return False
+    with pytest.raises(ValueError, match="needs the TensorFlow backend"):
+        convert_normalization(_small_sequential(), norm)
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +144,137 @@ def test_nested_backbone(resnet50, images):
         rtol=1e-4, atol=1e-5,
     )
     assert len(_batch_norms(resnet50)) == 53
+
+
+@pytest.fixture(scope="module")
+def mobilenet_classifier():
+    backbone = keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), alpha=0.35,
+        include_top=False, pooling="avg",
+    )
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(3, name="head")(backbone(inputs))
+    model = keras.Model(inputs, outputs, name="classifier")
+    _randomize_batch_norms(model, seed=4)
+    return model
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    model = models.get_model("resnet20", num_classes=3, input_shape=(8, 8, 3))
+    _randomize_batch_norms(model, seed=5)
+    return model
+
+
+def _norm_model(kind, make_norm):
+    """A small model whose norms are `make_norm(name)`: `"functional"`
+    (with a residual branch), `"sequential"`, or `"nested"` (a Sequential
+    backbone in a Functional classifier that adds a norm of its own)."""
+
+    def chain():
+        return [
+            keras.layers.Conv2D(8, 3, name="conv1"),
+            make_norm("bn1"),
+            keras.layers.ReLU(name="relu"),
+            keras.layers.Conv2D(8, 1, name="conv2"),
+            make_norm("bn2"),
+        ]
+
+    head = [keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(2, name="dense")]
+    if kind == "sequential":
+        return keras.Sequential(
+            [keras.Input((6, 6, 3)), *chain(), *head], name="model"
+        )
+    inputs = keras.Input((6, 6, 3))
+    if kind == "functional":
+        conv1, bn1, relu, conv2, bn2 = chain()
+        x = relu(bn1(conv1(inputs)))
+        x = keras.layers.Add(name="add")([x, bn2(conv2(x))])
+    else:
+        x = keras.Sequential(chain(), name="backbone")(inputs)
+        x = make_norm("bn3")(x)
+    for layer in head:
+        x = layer(x)
+    return keras.Model(inputs, x, name="model")
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential", "nested"])
+@pytest.mark.parametrize("norm", list(NORM_LAYERS))
+def test_every_target_computes_what_a_model_built_with_it_does(norm, kind):
+    if _sync_batch_refused(norm):
+        return
+    model = _norm_model(
+        kind, lambda name: BN(momentum=0.9, epsilon=1e-4, name=name)
+    )
+    _randomize_batch_norms(model)
+    converted = convert_normalization(model, norm)
+    # The reference: the same model built with the target norm, given the
+    # weights the converter promises to carry over.
+    make_norm = get_norm_layer(norm)
+    reference = _norm_model(
+        kind, lambda name: make_norm(axis=-1, epsilon=1e-4, name=name)
+    )
+    originals = {layer.name: layer for layer in _layers(model)}
+    for layer in _layers(reference):
+        if not layer.weights or isinstance(layer, keras.Model):
+            continue
+        source = originals[layer.name]
+        if isinstance(source, BN):
+            for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+                if getattr(layer, name, None) is not None:
+                    getattr(layer, name).assign(getattr(source, name))
+        else:
+            layer.set_weights(source.get_weights())
+
+    assert type(converted) is type(model)
+    norms = [layer for layer in _layers(converted)
+             if layer.name.startswith("bn")]
+    assert len(norms) == (3 if kind == "nested" else 2)
+    assert all(type(layer) is _target_class(norm) for layer in norms)
+    assert all(layer.epsilon == 1e-4 for layer in norms)
+    if _target_class(norm) is not BN:
+        assert not _plain_batch_norms(converted)
+    x = np.random.default_rng(6).normal(size=(4, 6, 6, 3)).astype("float32")
+    if norm in SAME_INFERENCE:
+        np.testing.assert_allclose(
+            to_numpy(converted(x, training=False)),
+            to_numpy(model(x, training=False)),
+            rtol=1e-4, atol=1e-5,
+        )
+    # noisy_batch draws its noise at random in training.
+    for training in (False,) if norm == "noisy_batch" else (False, True):
+        np.testing.assert_allclose(
+            to_numpy(converted(x, training=training)),
+            to_numpy(reference(x, training=training)),
+            rtol=1e-5, atol=1e-5,
+        )
+
+
+@pytest.mark.parametrize("norm", list(NORM_LAYERS))
+def test_every_target_on_applications_and_builders(
+    norm, resnet50, mobilenet_classifier, resnet20
+):
+    if _sync_batch_refused(norm):
+        return
+    rng = np.random.default_rng(7)
+    for model in (resnet50, mobilenet_classifier, resnet20):
+        names = {layer.name for layer in _batch_norms(model)}
+        converted = convert_normalization(model, norm)
+        new = [layer for layer in _layers(converted) if layer.name in names]
+        assert len(new) == len(names)
+        assert all(type(layer) is _target_class(norm) for layer in new)
+        if _target_class(norm) is not BN:
+            assert not _plain_batch_norms(converted)
+        x = rng.normal(size=(2,) + model.input_shape[1:]).astype("float32")
+        out = to_numpy(converted(x, training=False))
+        assert out.shape == (2,) + model.output_shape[1:]
+        assert np.all(np.isfinite(out))
+        if norm in SAME_INFERENCE:
+            np.testing.assert_allclose(
+                out, to_numpy(model(x, training=False)), rtol=1e-4,
+                atol=1e-5,
+            )
 
 
 def _small_sequential(with_input=True):
@@ -227,6 +390,20 @@ class _Block(keras.layers.Layer):
         return self.bn(x, training=training)
 
 
+class _Stack(keras.layers.Layer):
+    """Its BatchNormalization two levels down, in a list of blocks."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [keras.layers.Dense(3, name="dense"),
+                       _Block(name="block")]
+
+    def call(self, x, training=None):
+        for block in self.blocks:
+            x = block(x, training=training)
+        return x
+
+
 def test_subclassed_model_is_refused():
     model = _Subclassed(name="custom")
     model(np.ones((2, 3), "float32"))
@@ -239,7 +416,7 @@ def test_subclassed_model_is_refused():
         convert_normalization(model)
 
 
-@pytest.mark.parametrize("inner", [_Subclassed, _Block])
+@pytest.mark.parametrize("inner", [_Subclassed, _Block, _Stack])
 def test_batch_norm_inside_custom_code_is_refused(inner):
     inputs = keras.Input((3,))
     model = keras.Model(inputs, inner(name="inner")(inputs))

@@ -13,11 +13,18 @@ preset's group counts for it. Run `r` of norm `n` trains in
 the command prints a table of the mean and standard deviation over seeds of
 the final validation accuracy and the test accuracy, and writes
 `RUN_DIR/compare.json` and `RUN_DIR/compare.png` (validation accuracy per
-epoch: mean over seeds, shaded from minimum to maximum).
+epoch: mean over seeds, shaded from minimum to maximum). `RUN_DIR` defaults
+to `runs/compare/MODEL-DATASET-ID`, ID a hash of the flags but `--norms`
+and `--seeds` (more seeds or norms reuse the runs already there).
+
+A run that stopped on a non-finite loss or failed with an exception is not
+counted: the table holds the completed runs, and the command lists the
+failed ones (`compare.json`'s `failed`) and exits with status 1.
 """
 
 import json
 import os
+import sys
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -29,9 +36,12 @@ from keras_seqnorm.training.config import GROUP_ARGUMENTS
 from keras_seqnorm.training.config import ConfigError
 from keras_seqnorm.training.config import build_parser as build_train_parser
 from keras_seqnorm.training.config import config_from_namespace
+from keras_seqnorm.training.config import default_run_dir
+from keras_seqnorm.training.config import run_id
+from keras_seqnorm.training.train import COMPLETED
 from keras_seqnorm.training.train import run
 
-DEFAULT_RUN_DIR = os.path.join("runs", "compare")
+PROG = "keras-seqnorm compare"
 RESULTS_FILE = "compare.json"
 FIGURE_FILE = "compare.png"
 
@@ -52,7 +62,7 @@ def build_parser():
     """The train flags (less `--norm` and `--seed`) plus `--norms` and
     `--seeds`."""
     parser = build_train_parser(
-        prog="keras-seqnorm compare",
+        prog=PROG,
         description="Train one recipe with several norms and seeds; "
         "tabulate and plot the accuracies.",
         exclude=("norm", "seed"),
@@ -171,6 +181,19 @@ def plot_curves(runs, path, title=None):
     return path
 
 
+def default_root(namespace):
+    """`runs/compare/MODEL-DATASET-ID`: ID hashes the recipe the flags give,
+    but the norms and seeds."""
+    base = config_from_namespace(
+        namespace, norm="sequential", seed=0, run_dir=None
+    )
+    values = base.to_dict()
+    for name in ("groups_m", "groups_c"):
+        values[name] = getattr(namespace, name, None)
+    identity = run_id(values, exclude=("norm", "seed"))
+    return default_run_dir("compare", base.model, base.dataset, identity)
+
+
 def _run_configs(namespace, root, norms, seeds):
     defaults = {} if hasattr(namespace, "verbose") else {"verbose": 0}
     for norm in norms:
@@ -187,14 +210,115 @@ def _run_configs(namespace, root, norms, seeds):
             yield config_from_namespace(namespace, **overrides)
 
 
+def _failure(config, status, error=None):
+    entry = {
+        "norm": config.norm,
+        "seed": config.seed,
+        "run_dir": config.run_dir,
+        "status": status,
+    }
+    if error is not None:
+        entry["error"] = f"{type(error).__name__}: {error}"
+    return entry
+
+
+def format_failures(failed):
+    """One line naming each failed run, for the end of a command."""
+    return "failed runs, not counted: " + "; ".join(
+        f"{entry['norm']} seed {entry['seed']} ({entry['status']}"
+        + (f": {entry['error']}" if entry.get("error") else "")
+        + f", {entry['run_dir']})"
+        for entry in failed
+    )
+
+
+def compare(configs, root, title=None):
+    """Trains `configs` in turn (resuming or reusing what `root` holds),
+    tabulates and plots the completed runs.
+
+    Args:
+        configs: `Config`s, one per norm and seed.
+        root: The folder of `compare.json` and `compare.png`.
+        title: Optional title of the figure.
+
+    Returns:
+        The `compare.json` dict: `norms`, `seeds` (their number),
+        `summary` (see `summarize`), `table`,
+        `figure` (`None` when no run completed), `runs` (per completed run:
+        `norm`, `seed`, `run_dir`, `norm_kwargs`, `val_accuracy`,
+        `test_accuracy`, `images_per_second`, `val_accuracy_curve`) and
+        `failed` (per other run: `norm`, `seed`, `run_dir`, `status` and
+        the `error`, if any).
+
+    Raises:
+        ConfigError: for a configuration that cannot run.
+    """
+    runs, failed = [], []
+    for index, config in enumerate(configs, start=1):
+        try:
+            results = run(config)
+        except ConfigError:
+            raise
+        except Exception as error:  # Recorded in the run's results.json.
+            failed.append(_failure(config, "failed", error))
+            print(f"[{index}/{len(configs)}] norm={config.norm} "
+                  f"seed={config.seed}: failed ({type(error).__name__}: "
+                  f"{error})", flush=True)
+            continue
+        status = results.get("status", COMPLETED)
+        if status != COMPLETED:
+            failed.append(_failure(config, status))
+            print(f"[{index}/{len(configs)}] norm={config.norm} "
+                  f"seed={config.seed}: {status}", flush=True)
+            continue
+        history = results["history"]
+        runs.append(
+            {
+                "norm": config.norm,
+                "seed": config.seed,
+                "run_dir": config.run_dir,
+                "norm_kwargs": results["norm_kwargs"],
+                "val_accuracy": results["final"]["val_accuracy"],
+                "test_accuracy": results["test_accuracy"],
+                "images_per_second": results["images_per_second"],
+                "val_accuracy_curve": history["val_accuracy"],
+            }
+        )
+        print(
+            f"[{index}/{len(configs)}] norm={config.norm} "
+            f"seed={config.seed}: test_accuracy="
+            f"{results['test_accuracy']:.4f} "
+            f"({results['wall_seconds']:.1f} s)",
+            flush=True,
+        )
+    summary = summarize(runs)
+    table = format_table(summary)
+    figure = None
+    os.makedirs(root, exist_ok=True)
+    if runs:
+        figure = plot_curves(runs, os.path.join(root, FIGURE_FILE),
+                             title=title)
+    comparison = {
+        "norms": list(dict.fromkeys(config.norm for config in configs)),
+        "seeds": len(dict.fromkeys(config.seed for config in configs)),
+        "summary": summary,
+        "table": table,
+        "figure": figure,
+        "runs": runs,
+        "failed": failed,
+    }
+    with open(os.path.join(root, RESULTS_FILE), "w") as file:
+        json.dump(comparison, file, indent=2)
+        file.write("\n")
+    return comparison
+
+
 def main(argv=None):
     """`keras-seqnorm compare [flags]`; `argv` defaults to `sys.argv[1:]`.
 
     Returns:
-        The `compare.json` dict: `norms`, `seeds`, `summary` (see
-        `summarize`), `table`, `figure` and `runs` (per run: `norm`,
-        `seed`, `run_dir`, `norm_kwargs`, `val_accuracy`, `test_accuracy`,
-        `images_per_second`, `val_accuracy_curve`).
+        The `compare.json` dict of `compare`. The console script exits with
+        status 1 when a run failed.
     """
     parser = build_parser()
     namespace = parser.parse_args(argv)
@@ -207,57 +331,30 @@ def main(argv=None):
             "Argument `seeds` must be a positive integer. "
             f"Received: seeds={namespace.seeds}"
         )
-    root = getattr(namespace, "run_dir", DEFAULT_RUN_DIR)
-    runs = []
     try:
+        root = getattr(namespace, "run_dir", None) or default_root(namespace)
         configs = list(_run_configs(namespace, root, norms, namespace.seeds))
-        for index, config in enumerate(configs, start=1):
-            results = run(config)
-            history = results["history"]
-            runs.append(
-                {
-                    "norm": config.norm,
-                    "seed": config.seed,
-                    "run_dir": config.run_dir,
-                    "norm_kwargs": results["norm_kwargs"],
-                    "val_accuracy": results["final"]["val_accuracy"],
-                    "test_accuracy": results["test_accuracy"],
-                    "images_per_second": results["images_per_second"],
-                    "val_accuracy_curve": history["val_accuracy"],
-                }
-            )
-            print(
-                f"[{index}/{len(configs)}] norm={config.norm} "
-                f"seed={config.seed}: test_accuracy="
-                f"{results['test_accuracy']:.4f} "
-                f"({results['wall_seconds']:.1f} s)",
-                flush=True,
-            )
+        print(f"{PROG}: run directory {root}", flush=True)
+        first = configs[0]
+        comparison = compare(
+            configs, root,
+            title=f"{first.dataset}, {first.model}: {namespace.seeds} "
+            "seed(s)",
+        )
     except ConfigError as error:
         parser.error(str(error))
-    summary = summarize(runs)
-    table = format_table(summary)
-    print(table)
-    first = configs[0]
-    figure = plot_curves(
-        runs,
-        os.path.join(root, FIGURE_FILE),
-        title=f"{first.dataset}, {first.model}: {namespace.seeds} seed(s)",
-    )
-    comparison = {
-        "norms": norms,
-        "seeds": namespace.seeds,
-        "summary": summary,
-        "table": table,
-        "figure": figure,
-        "runs": runs,
-    }
-    with open(os.path.join(root, RESULTS_FILE), "w") as file:
-        json.dump(comparison, file, indent=2)
-        file.write("\n")
-    print(f"wrote {os.path.join(root, RESULTS_FILE)} and {figure}")
+    print(comparison["table"])
+    if comparison["failed"]:
+        print(f"{PROG}: {format_failures(comparison['failed'])}",
+              file=sys.stderr)
+    written = os.path.join(root, RESULTS_FILE)
+    if comparison["figure"]:
+        written += f" and {comparison['figure']}"
+    print(f"wrote {written}")
     return comparison
 
 
 if __name__ == "__main__":
-    main()
+    from keras_seqnorm.cli import exit_status
+
+    sys.exit(exit_status(main()))

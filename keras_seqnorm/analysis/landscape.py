@@ -10,13 +10,17 @@ compare BatchNorm, GhostNorm and no normalization.
 
 `keras-seqnorm landscape [train flags] --norms none,batch,ghost --run-dir DIR`
 trains one model per norm with the callback and writes `DIR/landscape.json`,
-`DIR/test_error.json` and the figure `DIR/landscape.png`.
+`DIR/test_error.json` and the figure `DIR/landscape.png` (`DIR` defaults to
+`runs/landscape/MODEL-DATASET-ID`, ID a hash of the flags but `--norms`). A
+run that stops on a non-finite loss or fails is left out of them and
+listed (`failed`); the command then exits with status 1.
 """
 
 import argparse
 import functools
 import json
 import os
+import sys
 
 import keras
 import numpy as np
@@ -129,8 +133,9 @@ class LossLandscape(keras.callbacks.Callback):
             Defaults to `False`.
         filename: Optional JSON file for `history`, rewritten at the end of
             every epoch. When training starts and it exists, its probes
-            before the current optimizer step are loaded, so a run resumed
-            by `BackupAndRestore` (put this callback after it) keeps its
+            before the current optimizer step are loaded, so a resumed run
+            (put this callback after the one that restores its backup, as
+            `training.train.run` does with extra callbacks) keeps its
             earlier probes. Defaults to `None`.
 
     Attributes:
@@ -381,11 +386,11 @@ def build_parser():
         help="Norms to train, one model each (default: none,batch,ghost).",
     )
     group.add_argument(
-        "--run-dir", dest="landscape_dir", default="runs/landscape",
-        metavar="DIR",
+        "--run-dir", dest="landscape_dir", default=None, metavar="DIR",
         help="Output directory: landscape.json, test_error.json, "
-        "landscape.png and one training run per norm in NORM/ "
-        "(default: runs/landscape). Rerun the command to resume.",
+        "landscape.png and one training run per norm in NORM/ (default: "
+        "runs/landscape/MODEL-DATASET-ID, ID a hash of the flags but "
+        "--norms). Rerun the command to resume.",
     )
     group.add_argument(
         "--etas", type=_floats, default=None, metavar="LIST",
@@ -426,6 +431,21 @@ def _training_data(config):
     return load_data(resolve_data_fields(config)).train
 
 
+def _default_dir(namespace, etas):
+    from keras_seqnorm.training import config as config_module
+
+    base = _norm_config(namespace, "sequential", None)
+    values = base.to_dict()
+    for name in ("groups_m", "groups_c"):
+        values[name] = getattr(namespace, name, None)
+    values["probes"] = [list(etas), namespace.relative,
+                        namespace.every_n_steps]
+    return config_module.default_run_dir(
+        "landscape", base.model, base.dataset,
+        config_module.run_id(values, exclude=("norm",)),
+    )
+
+
 def main(argv=None):
     """`keras-seqnorm landscape [train flags] --norms ... --run-dir DIR`.
 
@@ -437,8 +457,11 @@ def main(argv=None):
 
     Returns:
         A dict with `norms` (as `landscape.json`), `test_error` (as
-        `test_error.json`), `test_accuracy` (per norm, after training)
-        and `figure` (the PNG's path).
+        `test_error.json`), `test_accuracy` (per norm, after training),
+        `figure` (the PNG's path, `None` when no run completed) and
+        `failed` (per norm whose run did not complete: `norm`, `run_dir`,
+        `status`, `error`). The console script exits with status 1 when a
+        run failed.
     """
     from keras_seqnorm.analysis import plots
     from keras_seqnorm.training import train
@@ -455,12 +478,14 @@ def main(argv=None):
     etas = namespace.etas or (
         cyclical_multipliers() if relative else MNIST_ETAS
     )
-    out_dir = namespace.landscape_dir
-    landscape, test_error, accuracy = {}, {}, {}
-    for norm in namespace.norms:
-        run_dir = os.path.join(out_dir, norm)
-        probes = os.path.join(run_dir, PROBES_FILE)
-        try:
+    landscape, test_error, accuracy, failed = {}, {}, {}, []
+    try:
+        out_dir = namespace.landscape_dir or _default_dir(namespace, etas)
+        print(f"keras-seqnorm landscape: run directory {out_dir}",
+              flush=True)
+        for norm in namespace.norms:
+            run_dir = os.path.join(out_dir, norm)
+            probes = os.path.join(run_dir, PROBES_FILE)
             config = _norm_config(namespace, norm, run_dir)
             callback = LossLandscape(
                 functools.partial(_training_data, config),
@@ -469,36 +494,65 @@ def main(argv=None):
                 relative=relative,
                 filename=probes,
             )
-            results = train.run(config, callbacks=[callback])
-        except ConfigError as error:
-            parser.error(str(error))
-        with open(probes) as f:
-            history = json.load(f)
-        landscape[norm] = {key: history[key] for key in LANDSCAPE_KEYS}
-        epochs = results["history"]
-        test_error[norm] = {
-            "epoch": [int(e) + 1 for e in epochs["epoch"]],
-            "test_error": [1.0 - a for a in epochs["val_accuracy"]],
-        }
-        accuracy[norm] = results["test_accuracy"]
+            try:
+                results = train.run(config, callbacks=[callback])
+            except ConfigError:
+                raise
+            except Exception as error:  # Recorded in its results.json.
+                failed.append({"norm": norm, "run_dir": run_dir,
+                               "status": train.FAILED,
+                               "error": f"{type(error).__name__}: {error}"})
+                continue
+            status = results.get("status", train.COMPLETED)
+            if status != train.COMPLETED:
+                failed.append({"norm": norm, "run_dir": run_dir,
+                               "status": status})
+                continue
+            with open(probes) as f:
+                history = json.load(f)
+            landscape[norm] = {key: history[key] for key in LANDSCAPE_KEYS}
+            epochs = results["history"]
+            test_error[norm] = {
+                "epoch": [int(e) + 1 for e in epochs["epoch"]],
+                "test_error": [1.0 - a for a in epochs["val_accuracy"]],
+            }
+            accuracy[norm] = results["test_accuracy"]
+    except ConfigError as error:
+        parser.error(str(error))
     landscape = {"norms": landscape}
     test_error = {"norms": test_error}
+    os.makedirs(out_dir, exist_ok=True)
     for name, value in (("landscape.json", landscape),
                         ("test_error.json", test_error)):
         with open(os.path.join(out_dir, name), "w") as f:
             json.dump(value, f)
-    figure = plots.plot_landscape(
-        landscape, test_error, os.path.join(out_dir, "landscape.png"),
-        title=f"{config.model} on {config.dataset}",
-    )
-    print(f"wrote {os.path.join(out_dir, 'landscape.json')} and {figure}")
+    figure = None
+    if landscape["norms"]:
+        figure = plots.plot_landscape(
+            landscape, test_error, os.path.join(out_dir, "landscape.png"),
+            title=f"{config.model} on {config.dataset}",
+        )
+    if failed:
+        print(
+            "keras-seqnorm landscape: failed runs, left out: " + "; ".join(
+                f"{entry['norm']} ({entry['status']}"
+                + (f": {entry['error']}" if "error" in entry else "")
+                + f", {entry['run_dir']})" for entry in failed
+            ),
+            file=sys.stderr,
+        )
+    print(f"wrote {os.path.join(out_dir, 'landscape.json')}"
+          + (f" and {figure}" if figure else ""))
     return {
         "norms": landscape["norms"],
         "test_error": test_error["norms"],
         "test_accuracy": accuracy,
         "figure": figure,
+        "failed": failed,
     }
 
 
 if __name__ == "__main__":
-    main()
+    from keras_seqnorm.cli import exit_status
+
+    sys.exit(exit_status(main()))

@@ -14,10 +14,10 @@ Three checks of the paper, offline on two CPU cores:
 --out docs/results.md`
 """
 
-import argparse
 import json
 import os
 import shutil
+import sys
 import time
 
 import keras
@@ -236,7 +236,9 @@ def format_landscape(stats):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    from keras_seqnorm.training.config import CommandParser
+
+    parser = CommandParser(
         prog="keras-seqnorm reproduce",
         description="Write the reproduction report (docs/results.md).",
     )
@@ -270,16 +272,36 @@ def main(argv=None):
 
     Returns:
         A dict with `section_2_2`, `compare`, `landscape` (its statistics),
-        `figures` and `seconds`.
+        `figures`, `failed` (the runs that did not complete: they are left
+        out of the tables and listed in the report; the console script
+        then exits with status 1) and `seconds`.
     """
     from keras_seqnorm.analysis import compare
     from keras_seqnorm.analysis import landscape
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name in ("seeds", "epochs", "landscape_epochs"):
+        if getattr(args, name) < 1:
+            parser.error(
+                f"Argument `{name}` must be a positive integer. "
+                f"Received: {name}={getattr(args, name)}"
+            )
     start = time.perf_counter()
     out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
+    if os.path.isdir(args.out):
+        parser.error(
+            f"Argument `out` must name a file, but {args.out} is a "
+            f"directory. Received: out={args.out!r}"
+        )
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as error:
+        parser.error(
+            f"Argument `out` must be a file in a directory that can be "
+            f"created ({type(error).__name__}: {error.strerror}). "
+            f"Received: out={args.out!r}"
+        )
 
     example = section_2_2_example()
     quiet = ("--verbose", "0")
@@ -299,20 +321,26 @@ def main(argv=None):
     figures = {}
     for name, source in (("landscape", probes["figure"]),
                          ("compare", comparison["figure"])):
-        figures[name] = os.path.join(out_dir, f"results_{name}.png")
-        shutil.copyfile(source, figures[name])
+        if source:
+            figures[name] = os.path.join(out_dir, f"results_{name}.png")
+            shutil.copyfile(source, figures[name])
     stats = landscape_statistics(probes, probes["test_error"])
+    failed = [
+        {"analysis": "compare", **entry} for entry in comparison["failed"]
+    ] + [{"analysis": "landscape", **entry} for entry in probes["failed"]]
     seconds = time.perf_counter() - start
+    compare_runs = comparison["runs"] or comparison["failed"]
     text = TEMPLATE.format(
         section_2_2=format_section_2_2(example),
         compare_command=" ".join(
             [*COMPARE_FLAGS, "--seeds", str(args.seeds), "--epochs",
              str(args.epochs)]
         ),
-        compare_recipe=_recipe(comparison["runs"][0]["run_dir"]),
+        compare_recipe=_recipe(compare_runs[0]["run_dir"]),
         seeds=args.seeds,
         compare=format_compare(comparison),
-        compare_figure=os.path.basename(figures["compare"]),
+        compare_figure=_figure(figures, "compare", "validation accuracy "
+                               "per epoch"),
         landscape_command=" ".join(
             [*LANDSCAPE_FLAGS, "--epochs", str(args.landscape_epochs)]
         ),
@@ -320,21 +348,48 @@ def main(argv=None):
             os.path.join(args.run_dir, "landscape", LANDSCAPE_NORMS[-1])
         ),
         landscape=format_landscape(stats),
-        landscape_figure=os.path.basename(figures["landscape"]),
+        landscape_figure=_figure(figures, "landscape", "loss landscape"),
         verdict=format_verdict(example),
+        failed=format_failed(failed),
         minutes=seconds / 60,
         versions=_versions(),
     )
     with open(args.out, "w") as f:
         f.write(text)
     print(f"wrote {args.out} ({seconds / 60:.1f} minutes)")
+    if failed:
+        print(f"keras-seqnorm reproduce: {len(failed)} failed run(s), "
+              f"listed in {args.out}", file=sys.stderr)
     return {
         "section_2_2": example,
         "compare": comparison["summary"],
         "landscape": stats,
         "figures": figures,
+        "failed": failed,
         "seconds": seconds,
     }
+
+
+def _figure(figures, name, text):
+    if name not in figures:
+        return "(no figure: no run completed)"
+    return f"![{text}]({os.path.basename(figures[name])})"
+
+
+def format_failed(failed):
+    """Markdown list of the runs that did not complete (empty if none)."""
+    if not failed:
+        return ""
+    lines = ["", "## Failed runs", "",
+             "Not counted in the tables above:", ""]
+    for entry in failed:
+        seed = f" seed {entry['seed']}" if "seed" in entry else ""
+        error = f": {entry['error']}" if entry.get("error") else ""
+        lines.append(
+            f"- {entry['analysis']}: {entry['norm']}{seed}, "
+            f"`{entry['status']}`{error} (`{entry['run_dir']}`)"
+        )
+    return "\n".join(lines)
 
 
 def _recipe(run_dir):
@@ -416,7 +471,7 @@ seeds of the final epoch's accuracies.
 
 {compare}
 
-![validation accuracy per epoch]({compare_figure})
+{compare_figure}
 
 ## 3. The loss landscape (Section 3.1, Appendix B)
 
@@ -429,7 +484,7 @@ theta − eta·g for eta = 0.1, 0.2, ..., 0.8 (Appendix B.2); the bands span
 the minimum to the maximum, as in the paper's Figures 2 and A3. Gradient
 predictiveness is ||g(theta) − g(theta − eta·g)||₂. One seed per norm.
 
-![loss landscape]({landscape_figure})
+{landscape_figure}
 
 {landscape}
 
@@ -450,8 +505,11 @@ predictiveness is ||g(theta) − g(theta − eta·g)||₂. One seed per norm.
   `mnist-simplenet` and `imagenet-resnet18` and the commands `compare`,
   `landscape` (`--relative` for the cyclical schedules) and `tune` run
   them.
+{failed}
 """
 
 
 if __name__ == "__main__":
-    main()
+    from keras_seqnorm.cli import exit_status
+
+    sys.exit(exit_status(main()))

@@ -9,12 +9,15 @@ with g_M", `|G_M| + |G_C|` trials instead of the grid's `|G_M| x |G_C|`.
 --search sequential|grid --run-dir DIR` runs the search on KerasTuner
 (`DIR/keras_tuner/`, resumed when rerun), writes `DIR/tune.json` and prints
 a table. Each trial trains one model per seed and scores the mean
-validation accuracy.
+validation accuracy. A trial with a run that stopped on a non-finite loss or
+failed is a failed trial: it is not scored, `tune.json` lists the run
+(`failed_runs`), and the command exits with status 1.
 """
 
 import argparse
 import json
 import os
+import sys
 
 import keras_tuner
 import numpy as np
@@ -27,6 +30,25 @@ _DONE = (
     keras_tuner.engine.trial.TrialStatus.COMPLETED,
     keras_tuner.engine.trial.TrialStatus.FAILED,
 )
+
+
+class RunFailed(Exception):
+    """Raised by an objective whose training run did not complete.
+
+    Args:
+        run_dir: The run's directory.
+        status: Its status (`stopped_nan`, `failed`).
+        error: Optional text of the exception that stopped it.
+    """
+
+    def __init__(self, run_dir, status, error=None):
+        super().__init__(
+            f"the run {run_dir} did not complete: {status}"
+            + (f" ({error})" if error else "")
+        )
+        self.run_dir = run_dir
+        self.status = status
+        self.error = error
 
 
 def _check_groups(name, values):
@@ -113,6 +135,9 @@ class SequentialNormOracle(keras_tuner.Oracle):
             max_trials = len(groups_m) * len(groups_c)
         else:
             max_trials = len(groups_m) + len(groups_c)
+        # A failed trial is a result (an unstable G_M, G_C), not a reason
+        # to stop the search.
+        kwargs.setdefault("max_consecutive_failed_trials", max_trials + 1)
         super().__init__(
             objective=keras_tuner.Objective(OBJECTIVE, "max"),
             max_trials=max_trials,
@@ -201,7 +226,9 @@ class NormTuner(keras_tuner.Tuner):
         oracle: A `SequentialNormOracle`.
         objective_fn: Callable `(values, seed, run_dir) -> float`, the
             validation accuracy of one training run, where `values` holds
-            `norm`, `groups_m` and (for SeqNorm) `groups_c`.
+            `norm`, `groups_m` and (for SeqNorm) `groups_c`; it raises
+            `RunFailed` for a run that did not complete, which fails the
+            trial.
         seeds: Sequence of integer seeds run per trial.
         **kwargs: Passed to `keras_tuner.Tuner` (`directory`,
             `project_name`, `overwrite`).
@@ -215,14 +242,23 @@ class NormTuner(keras_tuner.Tuner):
     def run_trial(self, trial, *args, **kwargs):
         values = dict(trial.hyperparameters.values)
         trial_dir = self.get_trial_dir(trial.trial_id)
-        scores = [
-            float(self.objective_fn(
-                values, seed, os.path.join(trial_dir, f"seed_{seed}")
-            ))
-            for seed in self.seeds
-        ]
+        scores, failed = [], []
+        for seed in self.seeds:
+            run_dir = os.path.join(trial_dir, f"seed_{seed}")
+            try:
+                scores.append(float(self.objective_fn(values, seed, run_dir)))
+            except RunFailed as error:
+                failed.append({"seed": seed, "run_dir": error.run_dir,
+                               "status": error.status, "error": error.error})
+                break
         with open(os.path.join(trial_dir, "seeds.json"), "w") as f:
-            json.dump({"seeds": list(self.seeds), OBJECTIVE: scores}, f)
+            json.dump({"seeds": list(self.seeds), OBJECTIVE: scores,
+                       "failed": failed}, f)
+        if failed:
+            raise keras_tuner.errors.FailedTrialError(
+                f"seed {failed[0]['seed']}: {failed[0]['status']} "
+                f"({failed[0]['run_dir']})"
+            )
         return {
             OBJECTIVE: float(np.mean(scores)),
             # Sample standard deviation, as `keras-seqnorm compare`.
@@ -232,7 +268,8 @@ class NormTuner(keras_tuner.Tuner):
         }
 
     def summary(self):
-        """`{"trials": [...], "best": {...}}` for `tune.json`."""
+        """`{"trials": [...], "best": {...}, "failed": [...]}` for
+        `tune.json`."""
         trials = []
         for _, trial in sorted(self.oracle.trials.items()):
             result = trial_result(trial)
@@ -244,6 +281,7 @@ class NormTuner(keras_tuner.Tuner):
                     per_seed = json.load(f)
                 result["seeds"] = per_seed["seeds"]
                 result["val_accuracy_per_seed"] = per_seed[OBJECTIVE]
+                result["failed_runs"] = per_seed.get("failed", [])
             trials.append(result)
         oracle = self.oracle
         seqnorm = oracle.results(SEQUENTIAL)
@@ -252,6 +290,10 @@ class NormTuner(keras_tuner.Tuner):
             "tolerance": oracle.tolerance,
             "trials": trials,
             "best": select_best(seqnorm) if seqnorm else None,
+            "failed": [
+                {"trial_id": t["trial_id"], **run}
+                for t in trials for run in t.get("failed_runs", [])
+            ],
         }
         if oracle.search == "sequential":
             summary["selected_groups_m"] = oracle.selected_groups_m()
@@ -307,8 +349,10 @@ def tune(objective_fn, run_dir, groups_m=(1, 2, 4, 8), groups_c=(1, 2, 4, 8),
         The summary written to `tune.json`: `search`, `tolerance`,
         `trials` (one dict per trial: `trial_id`, `norm`, `groups_m`,
         `groups_c`, `status`, `val_accuracy`, `val_accuracy_std`, `seeds`,
-        `val_accuracy_per_seed`), `best` (the best SeqNorm trial) and, for
-        the sequential search, `selected_groups_m`.
+        `val_accuracy_per_seed`, `failed_runs`), `best` (the best SeqNorm
+        trial), `failed` (every run that did not complete, with its
+        `trial_id`, `seed`, `run_dir` and `status`) and, for the sequential
+        search, `selected_groups_m`.
     """
     seeds = [int(seed) for seed in seeds]
     oracle = SequentialNormOracle(
@@ -350,6 +394,15 @@ def tune(objective_fn, run_dir, groups_m=(1, 2, 4, 8), groups_c=(1, 2, 4, 8),
     with open(os.path.join(run_dir, "tune.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(format_table(summary))
+    if summary["failed"]:
+        print(
+            "failed runs, not scored: " + "; ".join(
+                f"trial {run['trial_id']} seed {run['seed']} "
+                f"({run['status']}, {run['run_dir']})"
+                for run in summary["failed"]
+            ),
+            file=sys.stderr,
+        )
     return summary
 
 
@@ -361,6 +414,10 @@ def _ints(text):
             f"expected integers separated by commas (e.g. 1,2,4,8). "
             f"Received: {text!r}"
         ) from None
+
+
+class _Abort(keras_tuner.errors.FatalError):
+    """Stops the search for a configuration that cannot run."""
 
 
 def build_parser():
@@ -402,10 +459,11 @@ def build_parser():
         "their mean validation accuracy (default: 1).",
     )
     group.add_argument(
-        "--run-dir", dest="tune_dir", default="runs/tune", metavar="DIR",
+        "--run-dir", dest="tune_dir", default=None, metavar="DIR",
         help="Output directory: tune.json, tune_settings.json and the "
         "KerasTuner project keras_tuner/ with each trial's training runs "
-        "(default: runs/tune). Rerun the command to resume.",
+        "(default: runs/tune/MODEL-DATASET-ID, ID a hash of the flags). "
+        "Rerun the command to resume.",
     )
     group.add_argument(
         "--overwrite", action=argparse.BooleanOptionalAction, default=False,
@@ -419,11 +477,15 @@ def main(argv=None):
     --search sequential|grid --run-dir DIR`.
 
     Returns:
-        The summary written to `DIR/tune.json` (see `tune`).
+        The summary written to `DIR/tune.json` (see `tune`). The console
+        script exits with status 1 when a run failed.
     """
     from keras_seqnorm.training import train
+    from keras_seqnorm.training.config import EXECUTION_FIELDS
     from keras_seqnorm.training.config import ConfigError
     from keras_seqnorm.training.config import config_from_namespace
+    from keras_seqnorm.training.config import default_run_dir
+    from keras_seqnorm.training.config import run_id
     from keras_seqnorm.training.data import resolve_data_fields
 
     parser = build_parser()
@@ -445,12 +507,22 @@ def main(argv=None):
         )
 
     def objective(values, seed, run_dir):
-        results = train.run(config_of(values, seed, run_dir))
+        try:
+            results = train.run(config_of(values, seed, run_dir))
+        except ConfigError as error:
+            raise _Abort(str(error)) from error
+        except Exception as error:  # Recorded in the run's results.json.
+            raise RunFailed(
+                run_dir, train.FAILED, f"{type(error).__name__}: {error}"
+            ) from None
+        status = results.get("status", train.COMPLETED)
+        if status != train.COMPLETED:
+            raise RunFailed(run_dir, status)
         return results["final"][OBJECTIVE]
 
     try:
         probe = resolve_data_fields(
-            config_of({"norm": GHOST, "groups_m": 1}, 0, namespace.tune_dir)
+            config_of({"norm": GHOST, "groups_m": 1}, 0, None)
         )
         if probe.validation_size == 0:
             raise ConfigError(
@@ -460,23 +532,32 @@ def main(argv=None):
             )
         flags = {
             key: value for key, value in vars(namespace).items()
-            if key not in ("verbose", "overwrite", "tune_dir")
+            if key not in ("overwrite", "tune_dir", *EXECUTION_FIELDS)
         }
+        flags = json.loads(json.dumps(flags))
+        tune_dir = namespace.tune_dir or default_run_dir(
+            "tune", probe.model, probe.dataset, run_id({"flags": flags})
+        )
+        print(f"keras-seqnorm tune: run directory {tune_dir}", flush=True)
         return tune(
             objective,
-            namespace.tune_dir,
+            tune_dir,
             groups_m=namespace.tune_groups_m,
             groups_c=namespace.tune_groups_c,
             search=namespace.search,
             tolerance=namespace.tolerance,
             seeds=range(namespace.seeds),
-            settings={"flags": json.loads(json.dumps(flags))},
+            settings={"flags": flags},
             overwrite=namespace.overwrite,
             verbose=getattr(namespace, "verbose", 1),
         )
+    except _Abort as error:
+        parser.error(str(error))
     except ValueError as error:
         parser.error(str(error))
 
 
 if __name__ == "__main__":
-    main()
+    from keras_seqnorm.cli import exit_status
+
+    sys.exit(exit_status(main()))

@@ -3,7 +3,11 @@
 Every builder takes `norm="batch"` (a name from
 `keras_seqnorm.NORM_LAYERS`, a layer class or a `functools.partial`),
 `norm_kwargs`, `num_classes`, `input_shape`, `classifier_activation`
-(`None`: logits), `data_format`, `dtype` and `name`.
+(`None`: logits), `data_format`, `dtype` and `name`. Where TensorFlow
+cannot run a `channels_first` convolution (a CPU without oneDNN, i.e. without
+AVX-512 or with `TF_ENABLE_ONEDNN_OPTS=0`, and no GPU), the convolutional
+builders refuse `data_format="channels_first"` with a `ValueError` before
+building any layer.
 
 ```python
 model = keras_seqnorm.models.WideResNet(

@@ -7,6 +7,7 @@ names its layers `{name}_conv1`, `{name}_norm1`, `{name}_relu1`, ...
 """
 
 import dataclasses
+import functools
 from typing import Any
 from typing import Callable
 
@@ -63,8 +64,42 @@ def check_positive_ints(name, values):
         )
 
 
+@functools.cache
+def _tensorflow_runs_channels_first():
+    import tensorflow as tf
+
+    # Eagerly, even inside a `tf.function`, on the default device.
+    with tf.init_scope():
+        try:
+            tf.nn.conv2d(
+                tf.zeros((1, 1, 1, 1)),
+                tf.zeros((1, 1, 1, 1)),
+                strides=1,
+                padding="VALID",
+                data_format="NCHW",
+            )
+        except tf.errors.UnimplementedError:
+            return False
+    return True
+
+
+def channels_first_convolutions_run():
+    """Whether the backend can run a `channels_first` `Conv2D` here.
+
+    JAX and PyTorch always can. TensorFlow's CPU convolutions take
+    channels first only through oneDNN, which TensorFlow turns on by default
+    only on CPUs with AVX-512 (`TF_ENABLE_ONEDNN_OPTS=0` turns it off,
+    `TF_ENABLE_ONEDNN_OPTS=1` on); elsewhere, without a GPU, the first call
+    fails with "The Conv2D op currently only supports the NHWC tensor format
+    on the CPU". TensorFlow is asked once, with a 1x1 convolution.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return True
+    return _tensorflow_runs_channels_first()
+
+
 def resolve_config(num_classes, classifier_activation, norm, norm_kwargs,
-                   data_format, dtype):
+                   data_format, dtype, convolutional=True):
     """Validates the arguments every builder shares into a `BlockConfig`.
 
     Args:
@@ -76,6 +111,10 @@ def resolve_config(num_classes, classifier_activation, norm, norm_kwargs,
         data_format: `None` (the Keras config's `image_data_format()`),
             `"channels_last"` or `"channels_first"`.
         dtype: `None`, a dtype name or a dtype policy (name).
+        convolutional: Whether the model convolves in `data_format` (not
+            the case of an MLP, which only flattens its input), so that
+            `"channels_first"` is refused where the backend cannot run it
+            (`channels_first_convolutions_run`).
 
     Returns:
         A `BlockConfig`.
@@ -104,6 +143,20 @@ def resolve_config(num_classes, classifier_activation, norm, norm_kwargs,
         raise ValueError(
             "Argument `data_format` must be 'channels_last', "
             f"'channels_first' or None. Received: data_format={data_format!r}"
+        )
+    if (
+        convolutional
+        and data_format == "channels_first"
+        and not channels_first_convolutions_run()
+    ):
+        raise ValueError(
+            "TensorFlow cannot run channels_first convolutions on this "
+            "machine's CPU: they need oneDNN, which TensorFlow enables by "
+            "default only on CPUs with AVX-512 (TF_ENABLE_ONEDNN_OPTS=1, set "
+            "before TensorFlow is imported, forces it), and no GPU is "
+            "visible. Use data_format='channels_last', a GPU, or "
+            "KERAS_BACKEND=jax. "
+            f"Received: data_format={data_format!r}"
         )
     # Raises a ValueError for an unknown dtype or policy.
     keras.dtype_policies.get(dtype)

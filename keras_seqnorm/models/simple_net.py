@@ -59,9 +59,10 @@ def SimpleNet(
     >>> model = SimpleNet(norm="ghost", norm_kwargs={"groups_m": 64})
     """
     check_positive_ints("hidden", hidden)
+    # `data_format` only orders the flattened features: no convolution.
     config = resolve_config(
         num_classes, classifier_activation, norm, norm_kwargs, data_format,
-        dtype,
+        dtype, convolutional=False,
     )
     check_positive_ints("input_shape", input_shape)
     inputs = keras.Input(shape=tuple(input_shape), name="inputs")

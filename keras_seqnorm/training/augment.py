@@ -1,10 +1,24 @@
-"""Data augmentation as `tf.data` map functions.
+"""Data augmentation as `tf.data` map functions, with stateless randomness.
+
+Every random function takes a `seed`, a shape-`(2,)` integer tensor, and
+draws only with TensorFlow's stateless random ops
+(`tf.random.stateless_*`): its output is a function of its inputs and the
+seed alone. `data.py` derives each seed from the run's seed, the epoch and
+the position of the image or batch in it, so a resumed run augments every
+image exactly as the uninterrupted run would, whatever the order in which
+`tf.data`'s parallel maps run.
 
 Per image (before batching, on pixel values in `[0, 255]`):
 `randaugment_fn` and the ImageNet crops `random_resized_crop` and
 `center_crop`. Per batch (after standardization, so zero padding and the
 Cutout square hold the data set's mean): `pad_and_crop`, `random_flip`,
 `cutout` and `mixup`.
+
+RandAugment. `randaugment_fn` applies the policy of
+`keras_cv.layers.RandAugment` (its ten operations, `rate=10/11` standing
+for the paper's identity operation, no magnitude noise), written here with
+stateless random draws: keras-cv draws from stateful generators, which
+neither a seed per image nor a resumed run can set.
 
 RandAugment's magnitude. The RandAugment paper (Cubuk et al., 2019) and the
 SeqNorm paper (Appendix C: N in {1, 2}, M in {2, 6, 10, 14}) give M on the
@@ -17,21 +31,22 @@ original CIFAR code translates by M pixels of 32 and shears by `0.03 M`,
 so `magnitude = M / 30` matches it closely (M = 10: translation 0.31
 there, 0.33 here; shear 0.30 and 0.33), keeps the paper's grid distinct
 (`M / 10` would clip M = 14 to the strongest setting) and spans M in
-`[0, 30]`. The fallback `keras.layers.RandAugment(factor=M / 30)` uses the
-same number, but its operations differ (its rotation reaches
-`factor * 360` degrees), so runs with the fallback are not comparable with
-keras-cv ones.
+`[0, 30]`.
 """
 
-import keras
 import tensorflow as tf
 
 RANDAUGMENT_MAX_MAGNITUDE = 30
+# keras-cv's RandAugment default: each of the N operations is applied with
+# probability 10/11, the paper's identity operation the rest of the time.
+RANDAUGMENT_RATE = 10 / 11
+# keras-cv's solarize policy caps the addition at 110.
+SOLARIZE_MAX_ADDITION = 110.0
 
 
 def randaugment_magnitude(m):
-    """keras-cv `magnitude` (and `keras.layers.RandAugment` `factor`) for
-    the paper's RandAugment magnitude `m` in `[0, 30]`: `m / 30`."""
+    """keras-cv `magnitude` for the paper's RandAugment magnitude `m` in
+    `[0, 30]`: `m / 30`."""
     if not 0 <= m <= RANDAUGMENT_MAX_MAGNITUDE:
         raise ValueError(
             "Argument `m` must be in [0, 30]. "
@@ -40,54 +55,204 @@ def randaugment_magnitude(m):
     return m / RANDAUGMENT_MAX_MAGNITUDE
 
 
-def _keras_cv():
-    if keras.backend.backend() != "tensorflow":
-        return None
-    try:
-        import keras_cv
-    except ImportError:
-        return None
-    return keras_cv
+def split_seed(seed, num):
+    """`num` independent stateless seeds derived from `seed`: a list of
+    shape-`(2,)` tensors."""
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num))
 
 
-def randaugment_fn(num_ops, magnitude, channels, seed=None):
-    """A function `image -> image` applying RandAugment to one image.
+def _uniform(seed, low, high):
+    return tf.random.stateless_uniform((), seed, low, high)
 
-    Uses `keras_cv.layers.RandAugment` (`augmentations_per_image=num_ops`,
-    `magnitude=m / 30`, no magnitude noise, `rate=10/11` as the paper's
-    identity operation) when keras-cv is installed and the backend is
-    TensorFlow, else `keras.layers.RandAugment(num_ops, factor=m / 30)`.
-    Grayscale images are augmented as three equal channels and averaged
-    back.
+
+# RandAugment's operations on one RGB float32 image `(H, W, 3)` in
+# [0, 255]: each is `apply(image, parameter)`, and `draw(seed, strength)`
+# gives its random parameter at keras-cv magnitude `strength`, as
+# keras_cv.layers.RandAugment.get_standard_policy configures its layers.
+
+
+def auto_contrast(image, _=None):
+    """keras-cv `AutoContrast`: stretches each channel to [0, 255]; a
+    constant channel is kept."""
+    low = tf.reduce_min(image, axis=(0, 1), keepdims=True)
+    high = tf.reduce_max(image, axis=(0, 1), keepdims=True)
+    scale = 255.0 / (high - low)
+    result = tf.clip_by_value(image * scale + (-low * scale), 0.0, 255.0)
+    return tf.where(tf.math.is_nan(result), image, result)
+
+
+def _equalize_channel(channel):
+    histogram = tf.histogram_fixed_width(channel, [0, 255], nbins=256)
+    nonzero = tf.where(tf.equal(histogram, 0), tf.int32.max, histogram)
+    step = (tf.reduce_sum(histogram) - tf.reduce_min(nonzero)) // 255
+    safe_step = tf.maximum(step, 1)
+    table = (tf.cumsum(histogram) + safe_step // 2) // safe_step
+    table = tf.clip_by_value(tf.concat([[0], table[:-1]], 0), 0, 255)
+    return tf.where(tf.equal(step, 0), channel, tf.gather(table, channel))
+
+
+def equalize(image, _=None):
+    """keras-cv `Equalization`: histogram equalization of each channel
+    (PIL's `ImageOps.equalize`), on the pixel values truncated to
+    integers."""
+    pixels = tf.cast(image, tf.int32)
+    channels = [
+        _equalize_channel(pixels[..., c]) for c in range(image.shape[-1])
+    ]
+    return tf.cast(tf.stack(channels, axis=-1), image.dtype)
+
+
+def solarize(image, parameters):
+    """keras-cv `Solarization`: adds `addition`, clips to [0, 255], and
+    inverts the pixels at or above `threshold`."""
+    addition, threshold = parameters
+    result = tf.clip_by_value(image + addition, 0.0, 255.0)
+    return tf.where(result < threshold, result, 255.0 - result)
+
+
+def _solarize_parameters(seed, strength):
+    addition = min(max(strength * SOLARIZE_MAX_ADDITION, 0.0),
+                   SOLARIZE_MAX_ADDITION)
+    threshold = min(max(255.0 - strength * 255.0, 0.0), 255.0)
+    return tf.constant(addition), tf.constant(threshold)
+
+
+def color(image, factor):
+    """keras-cv `RandomColorDegeneration`: blends towards the grayscale
+    image by `factor`."""
+    gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
+    return tf.clip_by_value(image + factor * (gray - image), 0.0, 255.0)
+
+
+def contrast(image, factor):
+    """keras-cv `RandomContrast`: scales each channel's deviations from its
+    mean by `factor`."""
+    mean = tf.reduce_mean(image, axis=(0, 1), keepdims=True)
+    return tf.clip_by_value((image - mean) * factor + mean, 0.0, 255.0)
+
+
+def brightness(image, delta):
+    """keras-cv `RandomBrightness`: adds `delta` (in pixel values)."""
+    return tf.clip_by_value(image + delta, 0.0, 255.0)
+
+
+def _projective(image, transform):
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=tf.reshape(tf.cast(transform, tf.float32), (1, 8)),
+        output_shape=tf.shape(image)[:2],
+        fill_value=0.0,
+        fill_mode="REFLECT",
+        interpolation="BILINEAR",
+    )[0]
+
+
+def shear_x(image, amount):
+    """keras-cv `RandomShear(x_factor=...)`: `x += amount * y`, reflecting
+    at the borders, bilinear."""
+    return _projective(image, [1.0, amount, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+
+
+def shear_y(image, amount):
+    """keras-cv `RandomShear(y_factor=...)`: `y += amount * x`."""
+    return _projective(image, [1.0, 0.0, 0.0, amount, 1.0, 0.0, 0.0, 0.0])
+
+
+def translate_x(image, fraction):
+    """keras-cv `RandomTranslation(width_factor=...)`: shifts by `fraction`
+    of the width, reflecting at the borders."""
+    shift = fraction * tf.cast(tf.shape(image)[1], tf.float32)
+    return _projective(image, [1.0, 0.0, -shift, 0.0, 1.0, 0.0, 0.0, 0.0])
+
+
+def translate_y(image, fraction):
+    """keras-cv `RandomTranslation(height_factor=...)`."""
+    shift = fraction * tf.cast(tf.shape(image)[0], tf.float32)
+    return _projective(image, [1.0, 0.0, 0.0, 0.0, 1.0, -shift, 0.0, 0.0])
+
+
+def _fixed(value):
+    return lambda seed, strength: tf.constant(value(strength), tf.float32)
+
+
+def _symmetric(scale):
+    def draw(seed, strength):
+        return _uniform(seed, -strength, strength) * scale
+
+    return draw
+
+
+def _signed(seed, strength):
+    # keras-cv's random inversion: negative when a uniform draw is > 0.5.
+    sign = tf.where(_uniform(seed, 0.0, 1.0) > 0.5, -1.0, 1.0)
+    return sign * min(max(strength, 0.0), 1.0)
+
+
+def _contrast_factor(seed, strength):
+    # keras-cv's contrast policy: RandomContrast(factor=max(m, 0.001)).
+    spread = max(strength, 0.001)
+    return _uniform(seed, 1.0 - spread, 1.0 + spread)
+
+
+# keras-cv's RandAugment.get_standard_policy, in its order: (operation,
+# draw of its parameter).
+RANDAUGMENT_OPERATIONS = (
+    (auto_contrast, _fixed(lambda m: 0.0)),
+    (equalize, _fixed(lambda m: 0.0)),
+    (solarize, _solarize_parameters),
+    (color, _fixed(lambda m: min(max(m, 0.0), 1.0))),
+    (contrast, _contrast_factor),
+    (brightness, _symmetric(255.0)),
+    (shear_x, _signed),
+    (shear_y, _signed),
+    (translate_x, _symmetric(1.0)),
+    (translate_y, _symmetric(1.0)),
+)
+
+
+def randaugment_fn(num_ops, magnitude, channels):
+    """A function `(image, seed) -> image` applying RandAugment.
+
+    keras-cv's `RandAugment(augmentations_per_image=num_ops,
+    magnitude=magnitude / 30, magnitude_stddev=0, rate=10/11)`: `num_ops`
+    times, with probability 10/11, one of `RANDAUGMENT_OPERATIONS` chosen
+    uniformly at random. Grayscale images are augmented as three equal
+    channels and averaged back.
 
     Args:
         num_ops: Operations per image, the paper's N.
         magnitude: The paper's M in `[0, 30]`.
         channels: Channels of the images (1 or 3).
-        seed: Optional seed of the layer. Defaults to `None`.
 
     Returns:
-        A function of a float32 `(H, W, channels)` image in `[0, 255]`.
+        A function of a float32 `(H, W, channels)` image in `[0, 255]` and
+        a stateless seed.
     """
     strength = randaugment_magnitude(magnitude)
-    keras_cv = _keras_cv()
-    if keras_cv is not None:
-        layer = keras_cv.layers.RandAugment(
-            value_range=(0, 255),
-            augmentations_per_image=num_ops,
-            magnitude=strength,
-            magnitude_stddev=0.0,
-            seed=seed,
-        )
-    else:
-        layer = keras.layers.RandAugment(
-            value_range=(0, 255), num_ops=num_ops, factor=strength, seed=seed
+
+    def one_operation(image, seed):
+        apply_seed, choice_seed, draw_seed = split_seed(seed, 3)
+        choice = tf.random.stateless_uniform(
+            (), choice_seed, 0, len(RANDAUGMENT_OPERATIONS), tf.int32
         )
 
-    def augment(image):
+        def branch(op, draw):
+            return lambda: op(image, draw(draw_seed, strength))
+
+        return tf.cond(
+            _uniform(apply_seed, 0.0, 1.0) > RANDAUGMENT_RATE,
+            lambda: image,
+            lambda: tf.switch_case(
+                choice,
+                [branch(op, draw) for op, draw in RANDAUGMENT_OPERATIONS],
+            ),
+        )
+
+    def augment(image, seed):
         if channels == 1:
             image = tf.image.grayscale_to_rgb(image)
-        image = tf.cast(layer(image, training=True), tf.float32)
+        for op_seed in split_seed(seed, num_ops):
+            image = one_operation(image, op_seed)
         if channels == 1:
             image = tf.reduce_mean(image, axis=-1, keepdims=True)
         return tf.clip_by_value(image, 0.0, 255.0)
@@ -95,7 +260,7 @@ def randaugment_fn(num_ops, magnitude, channels, seed=None):
     return augment
 
 
-def random_resized_crop(image, size, area=(0.08, 1.0),
+def random_resized_crop(image, size, seed, area=(0.08, 1.0),
                         ratio=(3 / 4, 4 / 3)):
     """Inception-style crop of one image, resized to `size x size`.
 
@@ -103,9 +268,10 @@ def random_resized_crop(image, size, area=(0.08, 1.0),
     recipe's "scale from 8% to 100%, aspect ratio from 3/4 to 4/3"); the
     whole image when no such box is found in 10 tries.
     """
-    begin, box_size, _ = tf.image.sample_distorted_bounding_box(
+    begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.zeros((1, 0, 4)),
+        seed=seed,
         min_object_covered=0.0,
         aspect_ratio_range=ratio,
         area_range=area,
@@ -128,7 +294,7 @@ def center_crop(image, size, crop_fraction=224 / 256):
     return image[top:top + size, left:left + size]
 
 
-def pad_and_crop(images, padding):
+def pad_and_crop(images, padding, seed):
     """Zero-pads a batch `(B, H, W, C)` by `padding` pixels on each side and
     crops each image back to `(H, W)` at its own random offset."""
     shape = tf.shape(images)
@@ -136,28 +302,34 @@ def pad_and_crop(images, padding):
     padded = tf.pad(
         images, [[0, 0], [padding, padding], [padding, padding], [0, 0]]
     )
-    top = tf.random.uniform((batch,), 0, 2 * padding + 1, tf.int32)
-    left = tf.random.uniform((batch,), 0, 2 * padding + 1, tf.int32)
-    rows = top[:, None] + tf.range(height)[None]
-    cols = left[:, None] + tf.range(width)[None]
+    offsets = tf.random.stateless_uniform(
+        (2, batch), seed, 0, 2 * padding + 1, tf.int32
+    )
+    rows = offsets[0][:, None] + tf.range(height)[None]
+    cols = offsets[1][:, None] + tf.range(width)[None]
     images = tf.gather(padded, rows, axis=1, batch_dims=1)
     return tf.gather(images, cols, axis=2, batch_dims=1)
 
 
-def random_flip(images):
+def random_flip(images, seed):
     """Flips each image of a batch left-right with probability 1/2."""
-    flip = tf.random.uniform((tf.shape(images)[0], 1, 1, 1)) < 0.5
+    flip = tf.random.stateless_uniform(
+        (tf.shape(images)[0], 1, 1, 1), seed
+    ) < 0.5
     return tf.where(flip, tf.reverse(images, axis=[2]), images)
 
 
-def cutout(images, size):
+def cutout(images, size, seed):
     """Cutout (DeVries and Taylor, 2017): zeroes a `size x size` square of
     each image of a batch, centred at a uniform random pixel and clipped at
     the borders."""
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
-    cy = tf.random.uniform((batch, 1, 1), 0, height, tf.int32)
-    cx = tf.random.uniform((batch, 1, 1), 0, width, tf.int32)
+    row_seed, col_seed = split_seed(seed, 2)
+    cy = tf.random.stateless_uniform((batch, 1, 1), row_seed, 0, height,
+                                     tf.int32)
+    cx = tf.random.stateless_uniform((batch, 1, 1), col_seed, 0, width,
+                                     tf.int32)
     rows = tf.range(height)[None, :, None]
     cols = tf.range(width)[None, None, :]
     low, high = size // 2, size - size // 2
@@ -168,13 +340,12 @@ def cutout(images, size):
     return tf.where(inside[..., None], tf.zeros_like(images), images)
 
 
-def mixup(images, labels, alpha):
+def mixup(images, labels, alpha, seed):
     """MixUp (Zhang et al., 2018) of a batch with itself reversed, one
     `lambda ~ Beta(alpha, alpha)` per batch (as NVIDIA's recipe does);
     `labels` are one-hot."""
-    first = tf.random.gamma((), alpha)
-    second = tf.random.gamma((), alpha)
-    lam = first / (first + second)
+    draws = tf.random.stateless_gamma((2,), seed, alpha)
+    lam = draws[0] / (draws[0] + draws[1])
     images = lam * images + (1 - lam) * tf.reverse(images, axis=[0])
     labels = lam * labels + (1 - lam) * tf.reverse(labels, axis=[0])
     return images, labels

@@ -16,8 +16,11 @@ The defaults train the offline `digits` demo on a CPU in seconds.
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
+import os
+import shlex
 
 from keras_seqnorm.training.presets import PRESETS
 from keras_seqnorm.training.presets import preset_values
@@ -26,6 +29,14 @@ DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagenet2012")
 SCHEDULES = ("constant", "cosine", "piecewise_linear")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
+# Fields that change how a run executes, not what it trains: a run resumed
+# with other values of these is the same run, and they are left out of the
+# run's identity (`run_id`).
+EXECUTION_FIELDS = (
+    "run_dir", "verbose", "data_dir", "manual_dir", "download",
+    "jit_compile", "steps_per_execution", "deterministic",
+)
 
 # Norms that take the group counts, and the layer argument each becomes.
 GROUP_ARGUMENTS = {
@@ -75,9 +86,18 @@ def _parse_json_object(text):
     return value
 
 
-def _option(default, help, parse=str, choices=None, group="training"):
+def _parse_jit_compile(text):
+    if text not in JIT_COMPILE:
+        raise argparse.ArgumentTypeError(
+            f"expected auto, true or false. Received: {text!r}"
+        )
+    return JIT_COMPILE[text]
+
+
+def _option(default, help, parse=str, choices=None, group="training",
+            const=None):
     metadata = {"help": help, "parse": parse, "choices": choices,
-                "group": group}
+                "group": group, "const": const}
     if isinstance(default, dict):
         return dataclasses.field(default_factory=dict, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -90,7 +110,9 @@ class Config:
     The fields are listed with their flags by `keras-seqnorm train --help`;
     each field's `help` (in `dataclasses.fields(Config)`) documents it.
     `run(config)` resolves the `None` data fields from the data set and
-    writes the resolved config to `RUN_DIR/config.json`.
+    a `None` `run_dir` from the config (`train.resolve_run_dir`), and
+    writes the resolved config to `RUN_DIR/config.json` once the run has
+    started.
     """
 
     preset: str | None = _option(
@@ -100,11 +122,13 @@ class Config:
         choices=tuple(PRESETS),
         group="run",
     )
-    run_dir: str = _option(
-        "runs/train",
+    run_dir: str | None = _option(
+        None,
         "Directory of the run: config.json, log.csv, results.json, "
         "best.keras, backup/ (resume state), tensorboard/. Start the same "
-        "command again to resume a killed run.",
+        "command again to resume a killed run. Default: "
+        "runs/train/MODEL-DATASET-NORM-ID, ID a hash of the config, so "
+        "the same command finds the same directory.",
         group="run",
     )
     seed: int = _option(
@@ -296,13 +320,30 @@ class Config:
         choices=PRECISIONS,
         group="system",
     )
-    jit_compile: bool = _option(
-        False, "Compile the train step with XLA.", None, group="system"
+    jit_compile: bool | str = _option(
+        "auto",
+        "Compile the train step with XLA: auto (Keras' choice: on with "
+        "JAX, and with TensorFlow on a GPU without tf.distribute; off on "
+        "TensorFlow CPUs and with torch), true or false; --jit-compile "
+        "alone is true.",
+        _parse_jit_compile,
+        choices=None,
+        group="system",
+        const=True,
     )
     steps_per_execution: int = _option(
         1,
         "Batches per compiled call (larger is faster for small models).",
         int,
+        group="system",
+    )
+    deterministic: bool = _option(
+        False,
+        "TensorFlow: switch on op determinism "
+        "(tf.config.experimental.enable_op_determinism), so a run on a GPU "
+        "repeats bit for bit; slower, and jit_compile=auto then turns XLA "
+        "off. Runs on CPUs repeat without it.",
+        None,
         group="system",
     )
 
@@ -424,6 +465,14 @@ def _validate(config):
                   "[0, 30]", config.randaugment)
     if not isinstance(config.norm_kwargs, dict):
         _fail("norm_kwargs", "a dict", config.norm_kwargs)
+    if not any(config.jit_compile is v for v in JIT_COMPILE.values()) and (
+        config.jit_compile != "auto"
+    ):
+        _fail("jit_compile", "'auto', True or False", config.jit_compile)
+    if config.run_dir is not None and (
+        not isinstance(config.run_dir, str) or not config.run_dir.strip()
+    ):
+        _fail("run_dir", "None or a non-empty path", config.run_dir)
     for name in ("groups_m", "groups_c"):
         arguments = GROUP_ARGUMENTS.get(config.norm, {})
         if getattr(config, name) is not None and name not in arguments:
@@ -459,8 +508,24 @@ def _flag(name):
     return "--" + name.replace("_", "-")
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one line on stderr, ending with
+    where to look (`PROG: error: MESSAGE; see PROG --help`), and exit
+    status 2, without the usage dump."""
+
+    def error(self, message):
+        one_line_error(self, message)
+
+
+def one_line_error(parser, message):
+    """Exits with status 2 after printing `message` as one line."""
+    text = " ".join(str(message).split())
+    parser.exit(2, f"{parser.prog}: error: {text}; see {parser.prog} "
+                "--help\n")
+
+
 def build_parser(prog="keras-seqnorm train", description=None, exclude=()):
-    """An `ArgumentParser` with one flag per `Config` field.
+    """A `CommandParser` with one flag per `Config` field.
 
     Every flag defaults to `argparse.SUPPRESS`, so the parsed namespace
     holds only the flags given; `parse_config` merges them over the preset
@@ -477,7 +542,7 @@ def build_parser(prog="keras-seqnorm train", description=None, exclude=()):
     from keras_seqnorm.models import MODELS
     from keras_seqnorm.norms import NORM_LAYERS
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=prog,
         description=description or __doc__.split("\n")[0],
         argument_default=argparse.SUPPRESS,
@@ -509,6 +574,9 @@ def build_parser(prog="keras-seqnorm train", description=None, exclude=()):
                 action=argparse.BooleanOptionalAction, help=text,
             )
             continue
+        extra = {}
+        if meta["const"] is not None:
+            extra = {"nargs": "?", "const": meta["const"]}
         group.add_argument(
             _flag(field.name),
             dest=field.name,
@@ -516,8 +584,97 @@ def build_parser(prog="keras-seqnorm train", description=None, exclude=()):
             choices=names,
             metavar=field.name.upper(),
             help=text,
+            **extra,
         )
     return parser
+
+
+def run_id(values, exclude=()):
+    """Eight hex digits naming a run's config: a hash of the fields of
+    `values` (a `Config` or its `to_dict()`) but `EXECUTION_FIELDS` and
+    `exclude`. Equal configs give equal ids."""
+    if isinstance(values, Config):
+        values = values.to_dict()
+    kept = {
+        key: value for key, value in values.items()
+        if key not in EXECUTION_FIELDS and key not in exclude
+    }
+    text = json.dumps(kept, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def default_run_dir(command, *parts):
+    """`runs/COMMAND/PART-PART-...`: the default directory of a command's
+    run, e.g. `default_run_dir("train", "simplecnn", "digits", "ghost",
+    run_id(config))`."""
+    return os.path.join("runs", command, "-".join(map(str, parts)))
+
+
+def _flag_text(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(
+            ":".join(str(v) for v in item)
+            if isinstance(item, (tuple, list)) else str(item)
+            for item in value
+        )
+    return str(value)
+
+
+def config_argv(config, resolved=None):
+    """The flags that give `config` back through `parse_config`.
+
+    `--preset` (if any), then one flag per field whose value differs from
+    the preset's (or the default), in field order; `EXECUTION_FIELDS` but
+    `run_dir` are left out.
+
+    Args:
+        config: A `Config`.
+        resolved: Optional dict of the values that fields left at `None`
+            resolve to (e.g. `{"image_size": 16}`); a field holding that
+            value needs no flag. Defaults to `None`.
+
+    Returns:
+        A list of strings, e.g. `["--norm", "ghost", "--epochs", "3"]`.
+    """
+    resolved = resolved or {}
+    baseline = {
+        field.name: (
+            field.default_factory()
+            if field.default is dataclasses.MISSING else field.default
+        )
+        for field in dataclasses.fields(Config)
+    }
+    argv = []
+    if config.preset is not None:
+        argv += ["--preset", config.preset]
+        baseline.update(preset_values(config.preset, config.norm))
+    for field in dataclasses.fields(Config):
+        name = field.name
+        value = getattr(config, name)
+        base = baseline[name]
+        if name == "preset" or (
+            name in EXECUTION_FIELDS and name != "run_dir"
+        ):
+            continue
+        if value == base and type(value) is type(base):
+            continue
+        if base is None and resolved.get(name) == value:
+            continue
+        if field.metadata["parse"] is None:
+            argv.append(_flag(name) if value else "--no-" + name.replace(
+                "_", "-"))
+        elif value is not None:
+            argv += [_flag(name), _flag_text(value)]
+    return argv
+
+
+def format_command(prog, argv):
+    """`prog` and `argv` as one shell command line."""
+    return " ".join([prog, *map(shlex.quote, argv)])
 
 
 def config_from_namespace(namespace, **overrides):

@@ -13,11 +13,20 @@
   (ImageNet's test split is its validation set). Splits use seed 0, so
   every run of a comparison sees the same split.
 
-Training: shuffle, map (decode, resize, one-hot labels), per-image
-augmentation (RandAugment, ImageNet's random-resized crop), batch with
-`drop_remainder=True`, per-batch standardization and augmentation
-(pad-and-crop, flip, Cutout, MixUp), prefetch. Evaluation: map (ImageNet's
-center crop), batch (the last batch may be partial), standardize.
+Training: map (decode, resize, one-hot labels), cache (not ImageNet),
+then per epoch: shuffle, per-image augmentation (RandAugment, ImageNet's
+random-resized crop), batch with `drop_remainder=True`, per-batch
+standardization and augmentation (pad-and-crop, flip, Cutout, MixUp),
+prefetch. Evaluation: map (ImageNet's center crop), batch (the last batch
+may be partial), standardize.
+
+Every epoch is a function of `(config.seed, epoch)` alone: the order of
+its images and every random draw of its augmentations come from stateless
+random ops seeded with them (`Data.epoch_dataset(epoch)`), so a run resumed
+at epoch `e` trains on the very batches the uninterrupted run trained on
+from epoch `e`. The shuffle permutes windows of `SHUFFLE_WINDOW` images
+(every image of the cached data sets, 10,000 consecutive records of
+ImageNet's shuffled TFDS files).
 """
 
 import dataclasses
@@ -31,6 +40,11 @@ from keras_seqnorm.training.config import ConfigError
 AUTOTUNE = tf.data.AUTOTUNE
 SPLIT_SEED = 0
 DIGITS_TEST_SIZE = 360
+# Images permuted together by the shuffle: every image of the data sets
+# held in memory, windows of this many of ImageNet's.
+SHUFFLE_WINDOW = {"imagenet2012": 10_000}
+# Streams of stateless seeds per epoch: one per image, one per batch.
+_IMAGE_STREAM, _BATCH_STREAM, _SHUFFLE_STREAM = 0, 1, 2
 
 # Image side, default validation size, test split and per-channel
 # mean/std of the pixel values in [0, 255] (digits: from its training split).
@@ -54,7 +68,8 @@ DATASET_DEFAULTS = {
 
 class DatasetUnavailableError(ConfigError):
     """A TensorFlow Datasets data set is not in `--data-dir` and could not
-    be prepared."""
+    be prepared. The message is one line that says the way out
+    (`--data-dir`, `--download`, `--manual-dir`, a network, a package)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +77,9 @@ class Data:
     """The pipelines of one run and what the model needs to know.
 
     Attributes:
-        train: Batches `(images, one_hot_labels)`, `steps_per_epoch` of them.
+        epoch_batches: Function of an epoch number (an int64 tensor) giving
+            that epoch's training batches `(images, one_hot_labels)`,
+            `steps_per_epoch` of them; see `epoch_dataset`.
         validation: Evaluation batches of the validation split (the test
             split when `validation_is_test`).
         test: Evaluation batches of the test split.
@@ -75,7 +92,7 @@ class Data:
         validation_is_test: Whether validation runs on the test split.
     """
 
-    train: tf.data.Dataset
+    epoch_batches: object
     validation: tf.data.Dataset
     test: tf.data.Dataset
     input_shape: tuple
@@ -85,6 +102,31 @@ class Data:
     test_size: int
     steps_per_epoch: int
     validation_is_test: bool
+
+    def epoch_dataset(self, epoch):
+        """The training batches of `epoch`, `steps_per_epoch` of them.
+
+        Args:
+            epoch: An int, or an int64 `tf.Variable` read each time the
+                dataset is iterated: one dataset then serves every epoch of
+                `fit`, which iterates it anew each epoch, when a callback
+                assigns the epoch at `on_epoch_begin`.
+        """
+        if isinstance(epoch, tf.Variable):
+            epochs = tf.data.Dataset.range(1).map(
+                lambda _: epoch.read_value()
+            )
+        else:
+            epochs = tf.data.Dataset.from_tensors(tf.constant(epoch, tf.int64))
+        dataset = epochs.flat_map(self.epoch_batches).apply(
+            tf.data.experimental.assert_cardinality(self.steps_per_epoch)
+        )
+        return _with_options(dataset.prefetch(AUTOTUNE))
+
+    @property
+    def train(self):
+        """The training batches of the first epoch."""
+        return self.epoch_dataset(0)
 
 
 def resolve_data_fields(config):
@@ -183,25 +225,50 @@ def _import_tfds(dataset):
     return tfds
 
 
+def _one_line(error):
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def _missing_package(dataset, error, received):
+    return DatasetUnavailableError(
+        f"TensorFlow Datasets cannot prepare {dataset!r}: a package it "
+        f"needs is missing ({_one_line(error)}). Install it (pip install "
+        "'keras-seqnorm[train]' installs what TensorFlow Datasets needs), "
+        f"or point --data-dir at a directory where {dataset} is prepared. "
+        + received
+    )
+
+
 def _tfds_builder(config):
-    tfds = _import_tfds(config.dataset)
-    builder = tfds.builder(config.dataset, data_dir=config.data_dir)
-    if builder.is_prepared():
-        return tfds, builder
+    dataset = config.dataset
+    tfds = _import_tfds(dataset)
+    received = f"Received: data_dir={config.data_dir!r}"
+    try:
+        builder = tfds.builder(dataset, data_dir=config.data_dir)
+        if builder.is_prepared():
+            return tfds, builder
+    except ImportError as error:
+        raise _missing_package(dataset, error, received) from None
     where = (
         f"--data-dir {config.data_dir}"
         if config.data_dir
         else "--data-dir (default ~/tensorflow_datasets or $TFDS_DATA_DIR)"
     )
-    received = f"Received: data_dir={config.data_dir!r}"
+    prepare_elsewhere = (
+        "prepare it where the internet is reachable (`tfds build "
+        f"{dataset} --data_dir DIR`) and point --data-dir at DIR. "
+    )
     if not config.download:
         raise DatasetUnavailableError(
-            f"The data set {config.dataset!r} is not prepared in {where} and "
-            "--no-download was given. Point --data-dir at a directory that "
-            f"holds it (`tfds build {config.dataset} --data_dir DIR`). "
+            f"The data set {dataset!r} is not prepared in {where} and "
+            "--no-download forbids downloading it: drop --no-download (or "
+            "give --download) to let TensorFlow Datasets download it, or "
+            + prepare_elsewhere
             + received
         )
-    if config.dataset == "imagenet2012" and not config.manual_dir:
+    imagenet = dataset == "imagenet2012"
+    if imagenet and not config.manual_dir:
         raise DatasetUnavailableError(
             f"imagenet2012 is not prepared in {where}. TensorFlow Datasets "
             "cannot download it: give --manual-dir, the directory holding "
@@ -214,15 +281,30 @@ def _tfds_builder(config):
                 manual_dir=config.manual_dir
             )
         )
-    except Exception as error:  # Any failure of a download is the same.
-        reason = str(error).strip().splitlines()
-        reason = f"{type(error).__name__}: {reason[0] if reason else ''}"
-        raise DatasetUnavailableError(
-            f"The data set {config.dataset!r} is not prepared in {where} and "
-            f"could not be downloaded ({reason}). Prepare it where the "
-            f"internet is reachable (`tfds build {config.dataset} "
-            "--data_dir DIR`) and point --data-dir at DIR. " + received
-        ) from None
+    except ImportError as error:
+        raise _missing_package(dataset, error, received) from None
+    except Exception as error:  # Whatever stopped it: one line, a way out.
+        reason = _one_line(error)
+        if imagenet:
+            way_out = (
+                f"imagenet2012 could not be prepared from --manual-dir "
+                f"{config.manual_dir} into {where} ({reason}). --manual-dir "
+                "must hold ILSVRC2012_img_train.tar and "
+                "ILSVRC2012_img_val.tar, and --data-dir must be writable. "
+            )
+        elif isinstance(error, OSError) and error.filename:
+            # A local file, not the network: requests' errors have none.
+            way_out = (
+                f"The data set {dataset!r} could not be written in {where} "
+                f"({reason}). Give --data-dir a directory you can write to. "
+            )
+        else:
+            way_out = (
+                f"The data set {dataset!r} is not prepared in {where} and "
+                f"could not be downloaded ({reason}). Check the network and "
+                "rerun, or " + prepare_elsewhere
+            )
+        raise DatasetUnavailableError(way_out + received) from None
     return tfds, builder
 
 
@@ -339,7 +421,7 @@ def load_data(config):
     validation, validation_size = source["validation"]
     test, test_size = source["test"]
     return Data(
-        train=_training(
+        epoch_batches=_training(
             train, train_size, config, batch_size, channels, prepare,
             standardize,
         ),
@@ -355,46 +437,104 @@ def load_data(config):
     )
 
 
+def _shuffle(dataset, window, seed):
+    """Stateless shuffle: a permutation of each window of `window`
+    consecutive elements, drawn from `seed` and the window's index."""
+    ragged = any(
+        not spec.shape.is_fully_defined()
+        for spec in tf.nest.flatten(dataset.element_spec)
+    )
+    windows = dataset.ragged_batch(window) if ragged else dataset.batch(
+        window
+    )
+
+    def permute(index, elements):
+        size = tf.shape(tf.nest.flatten(elements)[-1])[0]
+        key_seed = tf.random.experimental.stateless_fold_in(seed, index)
+        order = tf.argsort(tf.random.stateless_uniform([size], key_seed))
+        return tf.data.Dataset.from_tensor_slices(
+            tf.nest.map_structure(lambda t: tf.gather(t, order), elements)
+        )
+
+    shuffled = windows.enumerate().flat_map(permute)
+    if not ragged:
+        return shuffled
+    return shuffled.map(
+        lambda image, label: (image.to_tensor(), label),
+        num_parallel_calls=AUTOTUNE,
+    )
+
+
 def _training(dataset, size, config, batch_size, channels, prepare,
               standardize):
+    """The function `epoch -> that epoch's training batches` (see
+    `Data.epochs`)."""
     imagenet = config.dataset == "imagenet2012"
-    dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE)
-    if not imagenet:
-        dataset = dataset.cache()
-    dataset = dataset.shuffle(min(size, 50_000 if not imagenet else 10_000))
+    if imagenet:
+        # Shuffled as decoded uint8 images, converted after.
+        window = SHUFFLE_WINDOW[config.dataset]
+    else:
+        dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE).cache()
+        window = size
     per_image = []
     if imagenet:
         per_image.append(
-            lambda image: augment.random_resized_crop(image, config.image_size)
+            lambda image, seed: augment.random_resized_crop(
+                image, config.image_size, seed
+            )
         )
     if config.randaugment is not None:
         per_image.append(
             augment.randaugment_fn(*config.randaugment, channels=channels)
         )
-    if per_image:
 
-        def augment_image(image, label):
-            for fn in per_image:
-                image = fn(image)
-            return image, label
+    def augment_image(index, example, seed):
+        image, label = prepare(*example) if imagenet else example
+        image_seed = tf.random.experimental.stateless_fold_in(seed, index)
+        for fn, fn_seed in zip(
+            per_image, augment.split_seed(image_seed, len(per_image) or 1)
+        ):
+            image = fn(image, fn_seed)
+        return image, label
 
-        dataset = dataset.map(augment_image, num_parallel_calls=AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-
-    def augment_batch(images, labels):
-        images, labels = standardize(images, labels)
+    def augment_batch(index, batch, seed):
+        images, labels = standardize(*batch)
+        batch_seed = tf.random.experimental.stateless_fold_in(seed, index)
+        crop_seed, flip_seed, cutout_seed, mixup_seed = augment.split_seed(
+            batch_seed, 4
+        )
         if config.pad_crop:
-            images = augment.pad_and_crop(images, config.pad_crop)
+            images = augment.pad_and_crop(images, config.pad_crop, crop_seed)
         if config.flip:
-            images = augment.random_flip(images)
+            images = augment.random_flip(images, flip_seed)
         if config.cutout:
-            images = augment.cutout(images, config.cutout)
+            images = augment.cutout(images, config.cutout, cutout_seed)
         if config.mixup:
-            images, labels = augment.mixup(images, labels, config.mixup)
+            images, labels = augment.mixup(
+                images, labels, config.mixup, mixup_seed
+            )
         return images, labels
 
-    dataset = dataset.map(augment_batch, num_parallel_calls=AUTOTUNE)
-    return _with_options(dataset.prefetch(AUTOTUNE))
+    def epoch_batches(epoch):
+        seed = tf.stack([tf.constant(config.seed, tf.int64),
+                         tf.cast(epoch, tf.int64)])
+        image_seed, batch_seed, shuffle_seed = (
+            tf.random.experimental.stateless_fold_in(seed, stream)
+            for stream in (_IMAGE_STREAM, _BATCH_STREAM, _SHUFFLE_STREAM)
+        )
+        batches = _shuffle(dataset, window, shuffle_seed)
+        if per_image or imagenet:
+            batches = batches.enumerate().map(
+                lambda i, example: augment_image(i, example, image_seed),
+                num_parallel_calls=AUTOTUNE,
+            )
+        batches = batches.batch(batch_size, drop_remainder=True)
+        return batches.enumerate().map(
+            lambda i, batch: augment_batch(i, batch, batch_seed),
+            num_parallel_calls=AUTOTUNE,
+        )
+
+    return epoch_batches
 
 
 def _with_options(dataset):

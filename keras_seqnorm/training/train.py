@@ -9,37 +9,55 @@ python -m keras_seqnorm.train --help
 `run(config)` does the work: the `tf.distribute` strategy first, then the
 data with the global batch size, the model and its compilation inside
 `strategy.scope()`, `fit` with the callbacks of `callbacks.py`, and the
-test evaluation. It writes `RUN_DIR/config.json` before training and
-`RUN_DIR/results.json` after, and returns the results. Starting a killed
-run again with the same command resumes it; starting a finished run again
+test evaluation. Once the data and the model exist it writes
+`RUN_DIR/config.json` (a start that fails leaves the directory as it was),
+and after training `RUN_DIR/results.json` with the run's `status`:
+`completed`, `stopped_nan` (the loss stopped being finite) or `failed` (an
+exception; the run resumes when started again). Starting a killed run again
+with the same command resumes it and ends with the weights the
+uninterrupted run would have had; starting a completed or stopped run again
 returns its results without training.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
+import sys
 import time
+import traceback
 
 import keras
 
 from keras_seqnorm.models import get_model
+from keras_seqnorm.norms import get_norm_layer
 from keras_seqnorm.training.callbacks import BACKUP_DIR
 from keras_seqnorm.training.callbacks import LOG_FILE
+from keras_seqnorm.training.callbacks import StopOnNaN
 from keras_seqnorm.training.callbacks import get_callbacks
+from keras_seqnorm.training.callbacks import read_backup
 from keras_seqnorm.training.callbacks import read_log
+from keras_seqnorm.training.config import EXECUTION_FIELDS
+from keras_seqnorm.training.config import Config
 from keras_seqnorm.training.config import ConfigError
 from keras_seqnorm.training.config import build_parser
+from keras_seqnorm.training.config import config_argv
 from keras_seqnorm.training.config import config_from_namespace
+from keras_seqnorm.training.config import default_run_dir
+from keras_seqnorm.training.config import format_command
+from keras_seqnorm.training.config import run_id
+from keras_seqnorm.training.data import DATASET_DEFAULTS
 from keras_seqnorm.training.data import load_data
 from keras_seqnorm.training.data import resolve_data_fields
 from keras_seqnorm.training.optimizers import build_optimizer
 
+PROG = "keras-seqnorm train"
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
-# Fields that change how a run executes, not what it computes: a resumed
-# run may differ from the first attempt in these.
-_EXECUTION_FIELDS = ("verbose", "data_dir", "manual_dir", "download")
+COMPLETED, STOPPED_NAN, FAILED = "completed", "stopped_nan", "failed"
+# Statuses of a run that is over: starting it again returns its results.
+FINAL_STATUSES = (COMPLETED, STOPPED_NAN)
 
 
 def get_strategy(name):
@@ -78,7 +96,7 @@ def get_strategy(name):
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(gpus or cpus)
-    if name == "one_device" or gpus:
+    if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
     return tf.distribute.get_strategy()
 
@@ -120,45 +138,171 @@ def _write_json(path, value):
     os.replace(temporary, path)
 
 
-def _prepare_run_dir(config, run_dir):
-    """Writes `config.json`, or checks it against the one already there.
+def _read_json(path, what, run_dir):
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"The {what} {path} cannot be read ({type(error).__name__}: "
+            f"{' '.join(str(error).split())}): delete {run_dir} to start "
+            f"the run again. Received: run_dir={run_dir!r}"
+        ) from None
+
+
+def resolve_run_dir(config):
+    """`config` with its data fields resolved (`resolve_data_fields`) and
+    `run_dir` set: the one given, else the default
+    `runs/train/MODEL-DATASET-NORM-ID`, where ID (`run_id(config)`) hashes
+    every field but the execution ones, so the same command finds the same
+    directory and another config another one."""
+    config = resolve_data_fields(config)
+    if config.run_dir is None:
+        config = dataclasses.replace(
+            config,
+            run_dir=default_run_dir(
+                "train", config.model, config.dataset, config.norm,
+                run_id(config),
+            ),
+        )
+    return config
+
+
+def _check_path(run_dir, given):
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(
+            f"Argument `run_dir` must name a directory, but {run_dir} is a "
+            f"file. Received: run_dir={given!r}"
+        )
+    parent = os.path.dirname(run_dir)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ConfigError(
+            f"Argument `run_dir` must name a directory, but it is under the "
+            f"file {parent}. Received: run_dir={given!r}"
+        )
+
+
+def _continue_command(stored, run_dir):
+    """The command that continues the run whose config is `stored`, or
+    `None` if that config is not one of this version."""
+    try:
+        config = Config.from_dict({**stored, "run_dir": run_dir})
+    except (TypeError, ValueError):
+        return None
+    size, validation, _, _ = DATASET_DEFAULTS[config.dataset]
+    return format_command(PROG, config_argv(
+        config, resolved={"image_size": size, "validation_size": validation}
+    ))
+
+
+def _existing_run(config, run_dir, given):
+    """Checks `run_dir` against `config` before anything is written.
 
     Returns:
-        The stored results of a finished run, else `None`.
+        The stored results of a run that is over (`FINAL_STATUSES`), else
+        `None` (a new run, or one to resume).
+
+    Raises:
+        ConfigError: when `run_dir` holds a run with another config.
     """
-    os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    stored = _read_json(path, "config", run_dir)
     values = config.to_dict()
-    if os.path.exists(path):
-        with open(path) as file:
-            stored = json.load(file)
-        changed = sorted(
-            key for key in set(values) | set(stored)
-            if key not in _EXECUTION_FIELDS
-            and values.get(key) != stored.get(key)
+    changed = sorted(
+        key for key in set(values) | set(stored)
+        if key not in EXECUTION_FIELDS and values.get(key) != stored.get(key)
+    )
+    if changed:
+        differences = ", ".join(
+            f"{key}: {stored.get(key)!r} there, {values.get(key)!r} here"
+            for key in changed[:4]
+        ) + (", ..." if len(changed) > 4 else "")
+        command = _continue_command(stored, run_dir)
+        resume = (
+            f"To continue that run: {command}." if command
+            else f"Its flags are in {path}."
         )
-        if changed:
-            raise ConfigError(
-                f"Argument `run_dir` holds a run with another config (it "
-                f"differs in {', '.join(changed)}): use another --run-dir, "
-                f"or delete it to start again. Received: run_dir={run_dir!r}"
-            )
-        results = os.path.join(run_dir, RESULTS_FILE)
-        if os.path.exists(results):
-            with open(results) as file:
-                return json.load(file)
-    _write_json(path, values)
+        raise ConfigError(
+            f"Argument `run_dir` holds a run with another config (it "
+            f"differs in {differences}). {resume} To train this config, "
+            f"give another --run-dir, or none (the default directory is "
+            f"derived from the config); to discard that run, delete "
+            f"{run_dir}. "
+            f"Received: run_dir={given!r}"
+        )
+    results = os.path.join(run_dir, RESULTS_FILE)
+    if os.path.exists(results):
+        stored = _read_json(results, "results", run_dir)
+        if stored.get("status", COMPLETED) in FINAL_STATUSES:
+            return stored
     return None
 
 
-def _summarize(config, data, rows, test, replicas, strategy, wall_seconds):
-    history = {key: [row[key] for row in rows] for key in rows[0]}
+def _build_model(config, data, replicas):
+    try:
+        model = get_model(
+            config.model,
+            num_classes=data.num_classes,
+            input_shape=data.input_shape,
+            norm=config.norm,
+            norm_kwargs=config.norm_layer_kwargs(),
+        )
+    except ValueError as error:
+        raise ConfigError(" ".join(str(error).split())) from None
+    model.compile(
+        optimizer=build_optimizer(config, data.steps_per_epoch, replicas),
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=config.label_smoothing
+        ),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=config.jit_compile,
+        steps_per_execution=config.steps_per_execution,
+    )
+    return model
+
+
+def _lock(config, run_dir):
+    """Writes `config.json`: from now on `run_dir` holds this run."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"Argument `run_dir` must be a directory that can be created "
+            f"({type(error).__name__}: {error.strerror}). "
+            f"Received: run_dir={config.run_dir!r}"
+        ) from None
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        _write_json(path, config.to_dict())
+
+
+def _switch_on_determinism():
+    if keras.backend.backend() != "tensorflow":
+        raise ConfigError(
+            "Argument `deterministic` needs TensorFlow; on JAX set "
+            "XLA_FLAGS=--xla_gpu_deterministic_ops=true before starting. "
+            "Received: deterministic=True"
+        )
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+
+
+def _summarize(config, data, rows, test, status, replicas, strategy,
+               wall_seconds):
+    history = {key: [row[key] for row in rows] for key in rows[0]} if (
+        rows) else {}
     # The first epoch includes tracing and compilation.
     timed = rows[1:] or rows
     train_seconds = sum(row["train_seconds"] for row in timed)
     images = len(timed) * data.steps_per_epoch * config.batch_size
     last = rows[-1] if rows else {}
     return {
+        "status": status,
         "config": config.to_dict(),
         "norm_kwargs": config.norm_layer_kwargs(),
         "strategy": type(strategy).__name__ if strategy else None,
@@ -178,8 +322,8 @@ def _summarize(config, data, rows, test, replicas, strategy, wall_seconds):
             key: value for key, value in last.items() if key != "epoch"
         },
         "best_val_accuracy": max(history.get("val_accuracy") or [None]),
-        "test_accuracy": float(test["accuracy"]),
-        "test_loss": float(test["loss"]),
+        "test_accuracy": float(test["accuracy"]) if test else None,
+        "test_loss": float(test["loss"]) if test else None,
         "train_seconds": sum(row["train_seconds"] for row in rows),
         "wall_seconds": wall_seconds,
         "images_per_second": images / train_seconds if train_seconds else None,
@@ -192,99 +336,172 @@ def run(config, callbacks=()):
     Args:
         config: A `Config`.
         callbacks: Extra Keras callbacks for `fit`, run after the run
-            directory's own (after `BackupAndRestore` has restored state).
+            directory's own (after the backup has been restored).
 
     Returns:
-        The results dict also written to `RUN_DIR/results.json`: the
-        resolved `config`, `norm_kwargs`, `strategy`, `replicas`, `data`
-        (shapes and sizes), `history` (every epoch's metrics across
-        restarts, from `log.csv`), `final` (the last epoch's metrics,
+        The results dict also written to `RUN_DIR/results.json`: `status`
+        (`completed`; `stopped_nan`, with `stopped_at`, the `epoch` and
+        `batch` of the first non-finite loss, counted from 0), the resolved
+        `config`, `norm_kwargs`, `strategy`, `replicas`, `data` (shapes and
+        sizes), `history` (every epoch's metrics across restarts, from
+        `log.csv`), `epochs_completed`, `final` (the last epoch's metrics,
         `val_accuracy` included), `best_val_accuracy`, `test_accuracy` and
-        `test_loss` of the final model, `train_seconds`, `wall_seconds`
-        (this invocation) and `images_per_second` (training steps, after
-        the first epoch).
+        `test_loss` of the final model (`None` unless completed),
+        `train_seconds`, `wall_seconds` (this invocation),
+        `images_per_second` (training steps, after the first epoch),
+        `run_dir` and `is_chief`.
 
     Raises:
         ConfigError: for a configuration that cannot run (batch and
-            replicas, run directory, unavailable data).
+            replicas, run directory, unavailable data, a model the norm
+            arguments cannot build, a backup that cannot be read); nothing
+            is written then.
+        Exception: whatever stopped training; `results.json` then records
+            `status: failed`, the `error` and its `traceback`, and the run
+            resumes from its backup when started again.
     """
     start = time.perf_counter()
     keras.backend.clear_session()
     strategy = get_strategy(config.strategy)
+    if config.deterministic:
+        _switch_on_determinism()
     replicas = strategy.num_replicas_in_sync if strategy else 1
+    given = config.run_dir
+    config = resolve_run_dir(config)
+    given = config.run_dir if given is None else given
+    config = dataclasses.replace(
+        config, run_dir=os.path.realpath(config.run_dir)
+    )
     run_dir, is_chief = _worker_run_dir(config.run_dir, strategy)
-    config = resolve_data_fields(config)
     _check_batch(config, replicas)
-    finished = _prepare_run_dir(config, run_dir)
+    _check_path(run_dir, given)
+    finished = _existing_run(config, run_dir, given)
     if finished is not None:
         return finished
+    backup = read_backup(os.path.join(run_dir, BACKUP_DIR))
+    try:
+        get_norm_layer(config.norm, **config.norm_layer_kwargs())
+    except ValueError as error:
+        raise ConfigError(" ".join(str(error).split())) from None
     keras.utils.set_random_seed(config.seed)
     data = load_data(config)
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
         with strategy.scope() if strategy else contextlib.nullcontext():
-            model = get_model(
-                config.model,
-                num_classes=data.num_classes,
-                input_shape=data.input_shape,
-                norm=config.norm,
-                norm_kwargs=config.norm_layer_kwargs(),
-            )
-            model.compile(
-                optimizer=build_optimizer(
-                    config, data.steps_per_epoch, replicas
-                ),
-                loss=keras.losses.CategoricalCrossentropy(
-                    from_logits=True, label_smoothing=config.label_smoothing
-                ),
-                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                jit_compile=config.jit_compile,
-                steps_per_execution=config.steps_per_execution,
-            )
-        model.fit(
-            data.train,
-            validation_data=data.validation,
-            epochs=config.epochs,
-            callbacks=get_callbacks(config, run_dir) + list(callbacks),
-            verbose=config.verbose,
-            shuffle=False,  # The data set shuffles itself.
+            model = _build_model(config, data, replicas)
+        _lock(config, run_dir)
+        status, stopped, test, error = _train(
+            model, data, config, run_dir, backup, callbacks
         )
-        test = model.evaluate(data.test, return_dict=True, verbose=0)
     finally:
         keras.config.set_dtype_policy(policy)
+    rows = read_log(os.path.join(run_dir, LOG_FILE))
     results = _summarize(
-        config, data, read_log(os.path.join(run_dir, LOG_FILE)), test,
-        replicas, strategy, time.perf_counter() - start,
+        config, data, rows, test, status, replicas, strategy,
+        time.perf_counter() - start,
     )
+    if stopped is not None:
+        results["stopped_at"] = {"epoch": stopped[0], "batch": stopped[1]}
+        results["epochs_completed"] = stopped[0]
+    if error is not None:
+        results["error"] = f"{type(error).__name__}: {error}"
+        results["traceback"] = "".join(traceback.format_exception(error))
     results["run_dir"] = run_dir
     results["is_chief"] = is_chief
     _write_json(os.path.join(run_dir, RESULTS_FILE), results)
+    if error is not None:
+        raise error
     shutil.rmtree(os.path.join(run_dir, BACKUP_DIR), ignore_errors=True)
     return results
+
+
+class _EpochFeed(keras.callbacks.Callback):
+    """Assigns each epoch's number to the variable the training data set
+    reads when `fit` iterates it for that epoch (`Data.epoch_dataset`)."""
+
+    def __init__(self, variable):
+        super().__init__()
+        self.variable = variable
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.variable.assign(epoch)
+
+
+def _train(model, data, config, run_dir, backup, callbacks):
+    """`fit` from the backup's epoch, then the test evaluation.
+
+    Returns:
+        `(status, stopped, test, error)`: `stopped` is the `(epoch, batch)`
+        of a non-finite loss, `test` the test metrics of a completed run,
+        `error` the exception that stopped training (status `failed`).
+    """
+    own = get_callbacks(config, run_dir, backup)
+    (guard,) = [c for c in own if isinstance(c, StopOnNaN)]
+    first = backup["epoch"] if backup else 0
+    import tensorflow as tf
+
+    epoch = tf.Variable(first, dtype=tf.int64, trainable=False)
+    try:
+        model.fit(
+            data.epoch_dataset(epoch),
+            validation_data=data.validation,
+            epochs=config.epochs,
+            initial_epoch=first,
+            callbacks=[_EpochFeed(epoch), *own, *callbacks],
+            verbose=config.verbose,
+            shuffle=False,  # Each epoch is shuffled by `data.epochs`.
+        )
+        if guard.stopped is not None:
+            return STOPPED_NAN, guard.stopped, None, None
+        test = model.evaluate(data.test, return_dict=True, verbose=0)
+    except ConfigError:
+        raise
+    except Exception as error:  # Recorded, then raised again by `run`.
+        return FAILED, None, None, error
+    return COMPLETED, None, test, None
 
 
 def main(argv=None):
     """`keras-seqnorm train [flags]`; `argv` defaults to `sys.argv[1:]`.
 
+    Prints the run directory first and a summary line at the end.
+
     Returns:
         The results dict of `run`. Bad flags and configurations that cannot
-        run exit with status 2 and a one-line error.
+        run exit with status 2 and a one-line error; a run stopped by a
+        non-finite loss returns its results with `status` `stopped_nan`
+        (the console script then exits with status 1).
     """
     parser = build_parser()
     namespace = parser.parse_args(argv)
     try:
-        results = run(config_from_namespace(namespace))
+        config = resolve_run_dir(config_from_namespace(namespace))
+        print(f"{PROG}: run directory {config.run_dir}", flush=True)
+        results = run(config)
     except ConfigError as error:
         parser.error(str(error))
+    where = os.path.join(results["run_dir"], RESULTS_FILE)
+    if results.get("status", COMPLETED) == STOPPED_NAN:
+        stopped = results["stopped_at"]
+        print(
+            f"{PROG}: the loss stopped being finite in epoch "
+            f"{stopped['epoch']} (batch {stopped['batch']}, counted from 0); "
+            f"the run stopped and {where} records status stopped_nan. A "
+            "lower --learning-rate, --clip-norm or --precision float32 may "
+            "help (in another run directory).",
+            file=sys.stderr,
+        )
+        return results
     print(
         f"test_accuracy={results['test_accuracy']:.4f} "
         f"val_accuracy={results['final'].get('val_accuracy', float('nan')):.4f}"
-        f" epochs={results['epochs_completed']} "
-        f"({os.path.join(results['run_dir'], RESULTS_FILE)})"
+        f" epochs={results['epochs_completed']} ({where})"
     )
     return results
 
 
 if __name__ == "__main__":
-    main()
+    from keras_seqnorm.cli import exit_status
+
+    sys.exit(exit_status(main()))

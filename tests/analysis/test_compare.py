@@ -4,7 +4,9 @@ import os
 import numpy as np
 import pytest
 
+from keras_seqnorm import cli
 from keras_seqnorm.analysis import compare
+from keras_seqnorm.training.config import ConfigError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -13,11 +15,15 @@ class FakeRun:
     """Stands in for `training.train.run`: records the configs and returns
     results with known accuracies."""
 
-    def __init__(self):
+    def __init__(self, fail=None):
         self.configs = []
+        self.fail = fail or {}
 
     def __call__(self, config):
         self.configs.append(config)
+        failure = self.fail.get((config.norm, config.seed))
+        if isinstance(failure, Exception):
+            raise failure
         test = {"ghost": 0.92, "sequential": 0.94}.get(config.norm, 0.90)
         test += 0.01 * config.seed
         curve = [0.5, 0.7, test - 0.01]
@@ -28,6 +34,7 @@ class FakeRun:
             "test_accuracy": test,
             "images_per_second": 1000.0,
             "wall_seconds": 1.0,
+            **({"status": failure} if failure else {}),
         }
 
 
@@ -124,3 +131,78 @@ def test_compare_trains_on_digits(tmp_path, capsys):
         assert len(entry["val_accuracy_curve"]) == 2
     assert "sequential" in capsys.readouterr().out
     assert os.path.getsize(os.path.join(root, "compare.png")) > 1000
+
+
+def test_failed_runs_are_listed_not_counted(tmp_path, monkeypatch, capsys):
+    fake = FakeRun(fail={("ghost", 1): "stopped_nan",
+                         ("batch", 0): RuntimeError("out of memory")})
+    monkeypatch.setattr(compare, "run", fake)
+    root = str(tmp_path)
+    result = compare.main(["--norms", "batch,ghost", "--seeds", "2",
+                           "--run-dir", root])
+    assert len(fake.configs) == 4  # a failure does not stop the others
+    assert result["summary"]["ghost"]["runs"] == 1
+    assert result["summary"]["ghost"]["test_accuracy_mean"] == (
+        pytest.approx(0.92))
+    assert result["summary"]["batch"]["runs"] == 1
+    assert result["summary"]["batch"]["test_accuracy_mean"] == (
+        pytest.approx(0.91))
+    assert [(r["norm"], r["seed"]) for r in result["runs"]] == [
+        ("batch", 1), ("ghost", 0)]
+    assert result["failed"] == [
+        {"norm": "batch", "seed": 0, "status": "failed",
+         "run_dir": os.path.join(root, "batch", "seed0"),
+         "error": "RuntimeError: out of memory"},
+        {"norm": "ghost", "seed": 1, "status": "stopped_nan",
+         "run_dir": os.path.join(root, "ghost", "seed1")},
+    ]
+    error = capsys.readouterr().err
+    assert "failed runs, not counted: batch seed 0 (failed: RuntimeError: " \
+        "out of memory" in error
+    assert "ghost seed 1 (stopped_nan" in error
+    with open(tmp_path / "compare.json") as file:
+        assert json.load(file)["failed"] == result["failed"]
+    assert cli.exit_status(result) == 1
+    assert cli.main(["compare", "--norms", "batch,ghost", "--seeds", "2",
+                     "--run-dir", root]) == 1
+
+
+def test_no_completed_run_draws_no_figure(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "run", FakeRun(fail={
+        ("batch", 0): "stopped_nan"}))
+    result = compare.main(["--norms", "batch", "--seeds", "1",
+                           "--run-dir", str(tmp_path)])
+    assert result["summary"] == {} and result["figure"] is None
+    assert not os.path.exists(tmp_path / "compare.png")
+
+
+def test_a_run_that_cannot_start_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(compare, "run", FakeRun(fail={
+        ("batch", 0): ConfigError("Argument `x` is bad. Received: x=1")}))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["compare", "--norms", "batch", "--seeds", "1",
+                  "--run-dir", str(tmp_path)])
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    assert error == ("keras-seqnorm compare: error: Argument `x` is bad. "
+                     "Received: x=1; see keras-seqnorm compare --help\n")
+
+
+def test_the_default_directory_follows_the_recipe(fake_run, monkeypatch,
+                                                  tmp_path):
+    monkeypatch.chdir(tmp_path)
+
+    def root(*argv):
+        return compare.default_root(compare.build_parser().parse_args(argv))
+
+    first = root("--epochs", "3")
+    assert first.startswith(os.path.join("runs", "compare",
+                                         "simplecnn-digits-"))
+    # More norms or seeds reuse the runs already there.
+    assert root("--epochs", "3", "--norms", "batch", "--seeds", "5") == first
+    assert root("--epochs", "3", "--verbose", "0") == first
+    assert len({first, root("--epochs", "4"),
+                root("--epochs", "3", "--groups-m", "2")}) == 3
+    result = compare.main(["--epochs", "3", "--seeds", "1"])
+    assert result["runs"][0]["run_dir"] == os.path.join(first, "batch",
+                                                        "seed0")

@@ -1,7 +1,14 @@
+import json
+import os
+
 import numpy as np
 import pytest
 
+from keras_seqnorm import cli
+from keras_seqnorm.analysis import compare
+from keras_seqnorm.analysis import landscape
 from keras_seqnorm.analysis import report
+from keras_seqnorm.training.config import Config
 
 
 def test_section_2_2_example_matches_the_paper():
@@ -61,3 +68,88 @@ def test_landscape_verdicts():
     assert stats["ghost"]["loss_band"] == pytest.approx(2.0)
     text = report.format_landscape(stats)
     assert text.count("**yes**") == 3
+
+
+def _results(run_dir, status="completed"):
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "results.json"), "w") as file:
+        json.dump({
+            "status": status,
+            "config": Config(epochs=2).to_dict() | {"image_size": 16},
+            "data": {"train_size": 1257, "validation_size": 180,
+                     "validation_is_test": False, "test_size": 360},
+        }, file)
+
+
+def test_failed_runs_are_left_out_and_listed(tmp_path, monkeypatch, capsys):
+    runs = str(tmp_path / "runs")
+    seq = os.path.join(runs, "compare", "sequential", "seed0")
+    ghost = os.path.join(runs, "compare", "ghost", "seed1")
+    _results(seq)
+    _results(ghost, "stopped_nan")
+    _results(os.path.join(runs, "landscape", "ghost"))
+
+    def fake_compare(argv):
+        return {
+            "summary": {"sequential": {
+                "runs": 1, "groups": "G_C=4, G_M=8",
+                "val_accuracy_mean": 0.9, "val_accuracy_std": 0.0,
+                "test_accuracy_mean": 0.91, "test_accuracy_std": 0.0}},
+            "figure": None,
+            "runs": [{"run_dir": seq}],
+            "failed": [{"norm": "ghost", "seed": 1, "run_dir": ghost,
+                        "status": "stopped_nan"}],
+        }
+
+    def fake_landscape(argv):
+        return {"norms": {}, "test_error": {}, "figure": None,
+                "failed": [{"norm": "none", "run_dir": "x",
+                            "status": "failed", "error": "OSError: no"}]}
+
+    monkeypatch.setattr(compare, "main", fake_compare)
+    monkeypatch.setattr(landscape, "main", fake_landscape)
+    out = tmp_path / "docs" / "results.md"
+    argv = ["--run-dir", runs, "--out", str(out)]
+    result = report.main(argv)
+    assert [entry["norm"] for entry in result["failed"]] == ["ghost", "none"]
+    text = out.read_text()
+    assert "## Failed runs" in text
+    assert f"- compare: ghost seed 1, `stopped_nan` (`{ghost}`)" in text
+    assert "- landscape: none, `failed`: OSError: no (`x`)" in text
+    assert "(no figure: no run completed)" in text
+    assert "2 failed run(s)" in capsys.readouterr().err
+    assert cli.main(["reproduce", *argv]) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--seeds", "0"], "Received: seeds=0"),
+        (["--epochs", "-1"], "Received: epochs=-1"),
+        (["--landscape-epochs", "0"], "Received: landscape_epochs=0"),
+        (["--seeds", "two"], "invalid int value: 'two'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_flags_are_one_line(capsys, argv, expected):
+    with pytest.raises(SystemExit) as info:
+        report.main(argv)
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and expected in error
+    assert error.startswith("keras-seqnorm reproduce: error: ")
+
+
+def test_out_must_be_a_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        report.main(["--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert f"{tmp_path} is a directory" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as info:
+        report.main(["--out", str(blocker / "results.md")])
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    assert "must be a file in a directory that can be created" in error
+    assert f"Received: out='{blocker / 'results.md'}'" in error

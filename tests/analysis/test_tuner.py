@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from keras_seqnorm import cli
 from keras_seqnorm.analysis import tuner
 
 # KerasTuner's own threading.currentThread() calls.
@@ -17,14 +18,17 @@ SEQNORM = {1: 0.9375, 2: 0.953125, 4: 0.953125, 8: 0.921875}
 
 
 class Objective:
-    def __init__(self, fail_at=None):
+    def __init__(self, fail_at=None, runs_fail=()):
         self.calls = []
         self.fail_at = fail_at
+        self.runs_fail = runs_fail
 
     def __call__(self, values, seed, run_dir):
         if len(self.calls) == self.fail_at:
             raise KeyboardInterrupt
         self.calls.append((tuple(sorted(values.items())), seed))
+        if (values["norm"], values["groups_m"], seed) in self.runs_fail:
+            raise tuner.RunFailed(run_dir, "stopped_nan")
         if values["norm"] == "ghost":
             return GHOST[values["groups_m"]] + 0.002 * seed
         # G_C 2 and 4 tie on the mean; G_C 4 has the lower variance.
@@ -188,3 +192,80 @@ def test_tune_command_refuses_to_tune_on_the_test_split(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tuner.main(["--validation-size", "0", "--run-dir", str(tmp_path)])
     assert "Received: validation_size=0" in capsys.readouterr().err
+
+
+def test_a_trial_with_a_failed_run_is_failed_and_listed(tmp_path, capsys):
+    objective = Objective(runs_fail={("ghost", 2, 1)})
+    summary = tuner.tune(objective, str(tmp_path), groups_c=(2, 4),
+                         seeds=(0, 1))
+    statuses = {(t["norm"], t["groups_m"], t["groups_c"]): t["status"]
+                for t in summary["trials"]}
+    assert statuses[("ghost", 2, None)] == "FAILED"
+    assert "val_accuracy" not in summary["trials"][1]
+    # The best G_M, 2, failed: the rule picks among the others (1, 4, 8).
+    assert summary["selected_groups_m"] == 4
+    (failed,) = summary["failed"]
+    assert (failed["seed"], failed["status"]) == (1, "stopped_nan")
+    assert failed["run_dir"].endswith(os.path.join("trial_1", "seed_1"))
+    assert "failed runs, not scored: trial 1 seed 1 (stopped_nan" in (
+        capsys.readouterr().err)
+    assert cli.exit_status(summary) == 1
+    assert cli.exit_status(tuner.tune(Objective(), str(tmp_path / "ok"),
+                                      groups_c=(2,))) == 0
+
+
+def test_many_failed_trials_do_not_stop_the_search(tmp_path):
+    objective = Objective(runs_fail={("ghost", m, 0) for m in (1, 2, 4, 8)})
+    summary = tuner.tune(objective, str(tmp_path), seeds=(0,))
+    assert [t["status"] for t in summary["trials"]] == ["FAILED"] * 4
+    assert summary["best"] is None and len(summary["failed"]) == 4
+
+
+def _one_line_error(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["tune", *argv])
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error, error
+    assert error.endswith("; see keras-seqnorm tune --help\n")
+    return error
+
+
+@pytest.mark.tensorflow_only
+def test_a_missing_data_set_is_one_line(tmp_path, capsys):
+    error = _one_line_error(capsys, [
+        "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+        "--no-download", "--groups-m", "2", "--groups-c", "2",
+        "--run-dir", str(tmp_path / "tune"),
+    ])
+    assert "is not prepared in --data-dir" in error
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--seeds", "0"], "Received: seeds=0"),
+        (["--groups-m", "2,x"], "expected integers separated by commas"),
+        (["--groups-c", "0,1"], "Received: groups_c=[0, 1]"),
+        (["--norm", "ghost"], "unrecognized arguments: --norm"),
+    ],
+)
+def test_bad_flags_are_one_line(tmp_path, capsys, argv, expected):
+    error = _one_line_error(capsys, [*argv, "--run-dir", str(tmp_path)])
+    assert expected in error
+
+
+def test_the_default_directory_follows_the_flags(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dirs = {}
+    monkeypatch.setattr(tuner, "tune",
+                        lambda objective, run_dir, **kwargs: dirs.setdefault(
+                            kwargs["groups_m"][0], []).append(run_dir))
+    tuner.main(["--groups-m", "2"])
+    tuner.main(["--groups-m", "2", "--data-dir", "elsewhere", "--verbose",
+                "0"])
+    tuner.main(["--groups-m", "4"])
+    assert dirs[2][0] == dirs[2][1]
+    assert dirs[2][0].startswith(os.path.join("runs", "tune",
+                                              "simplecnn-digits-"))
+    assert dirs[4][0] != dirs[2][0]

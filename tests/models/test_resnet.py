@@ -3,6 +3,7 @@ import pytest
 from keras_seqnorm.models import ResNet18
 from keras_seqnorm.models import ResNet34
 from keras_seqnorm.models import ResNet50
+from tests.models import needs_channels_first
 
 
 def test_defaults_are_imagenet():
@@ -44,6 +45,7 @@ def test_resnet50_is_v1_5():
     )
 
 
+@needs_channels_first
 def test_channels_first():
     # The blocks' numerics in channels_first are checked on the CIFAR
     # families; here the ImageNet stem and stages.

@@ -4,6 +4,7 @@ import pytest
 
 from keras_seqnorm.models import ResNetCIFAR
 from tests.helpers import to_numpy
+from tests.models import needs_channels_first
 
 
 def cifar_resnet_parameters(depth, num_classes):
@@ -39,7 +40,8 @@ def test_parameter_count(depth):
 @pytest.mark.parametrize(
     "data_format, input_shape, shortcut",
     [("channels_last", (8, 8, 3), "stage2_block1_shortcut_to_cl"),
-     ("channels_first", (3, 8, 8), "stage2_block1_shortcut_pad")],
+     pytest.param("channels_first", (3, 8, 8), "stage2_block1_shortcut_pad",
+                  marks=needs_channels_first)],
 )
 def test_option_a_shortcut(data_format, input_shape, shortcut):
     # He et al.'s option A: x[:, ::2, ::2] with 8 zero channels either side.
@@ -56,6 +58,7 @@ def test_option_a_shortcut(data_format, input_shape, shortcut):
     np.testing.assert_array_equal(result, expected)
 
 
+@needs_channels_first
 def test_channels_first_equals_channels_last():
     last = ResNetCIFAR(8, num_classes=3, input_shape=(8, 8, 3),
                        norm="group", data_format="channels_last")

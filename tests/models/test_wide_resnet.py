@@ -4,6 +4,7 @@ import pytest
 
 from keras_seqnorm.models import WideResNet
 from tests.helpers import to_numpy
+from tests.models import needs_channels_first
 
 
 def wrn_parameters(depth, width, num_classes):
@@ -58,6 +59,7 @@ def test_structure():
     )
 
 
+@needs_channels_first
 def test_channels_first_equals_channels_last():
     last = WideResNet(10, 1, num_classes=3, input_shape=(8, 8, 3),
                       norm="group", data_format="channels_last")

@@ -2,18 +2,25 @@ import csv
 import json
 import math
 import os
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from keras_seqnorm import cli
 from keras_seqnorm.layers import SequentialNormalization
 from keras_seqnorm.models import get_model
 from keras_seqnorm.training import train
+from keras_seqnorm.training.config import Config
+from keras_seqnorm.training.config import parse_config
 
 pytestmark = pytest.mark.tensorflow_only
 
@@ -193,7 +200,7 @@ RESUMABLE = """
 import os, signal, sys
 import keras
 from keras_seqnorm.training import train
-from keras_seqnorm.training.callbacks import AtomicBackupAndRestore
+from keras_seqnorm.training.callbacks import Backup
 
 kill_after, where = os.environ.get("KILL_AFTER"), os.environ.get("KILL_AT")
 
@@ -204,10 +211,10 @@ class Kill(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def get_callbacks(config, run_dir=None):
-    callbacks = original(config, run_dir)
+def get_callbacks(config, run_dir=None, backup=None):
+    callbacks = original(config, run_dir, backup)
     kinds = [type(c) for c in callbacks]
-    index = kinds.index(AtomicBackupAndRestore)
+    index = kinds.index(Backup)
     # Just before or just after the backup marks the epoch finished.
     callbacks.insert(index if where == "before_backup" else index + 1,
                      Kill())
@@ -292,3 +299,454 @@ def test_only_the_chief_writes_the_run_directory(task, cluster, expected):
     strategy = _Strategy(*task, cluster)
     assert train._worker_run_dir("runs/x", strategy) == expected
     assert train._worker_run_dir("runs/x", object()) == ("runs/x", True)
+
+
+# Run directories: identity, locking, refusal (issue 10, defects 1 and 2).
+
+
+def _finished_run(tmp_path, *flags):
+    """A finished one-epoch digits run in `runs/p` under `tmp_path`."""
+    argv = ["--epochs", "1", "--verbose", "0", *flags, "--run-dir", "runs/p"]
+    return train.main(argv), argv
+
+
+def _one_line_error(capsys, argv, command="train"):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, *argv])
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1, error
+    assert error.startswith(f"keras-seqnorm {command}: error: ")
+    assert error.endswith(f"; see keras-seqnorm {command} --help\n")
+    return error
+
+
+@pytest.mark.slow
+def test_a_run_directory_is_its_resolved_path(tmp_path, monkeypatch,
+                                              capsys):
+    monkeypatch.chdir(tmp_path)
+    results, argv = _finished_run(tmp_path)
+    log = tmp_path / "runs" / "p" / "log.csv"
+    mtime = os.path.getmtime(log)
+    for spelling in ("runs/p/", "./runs/p", str(tmp_path / "runs" / "p"),
+                     "runs/../runs/p"):
+        again = train.main([*argv[:-1], spelling])
+        assert again == json.loads(json.dumps(results)), spelling
+    assert os.path.getmtime(log) == mtime  # nothing trained again
+    assert results["config"]["run_dir"] == str(tmp_path / "runs" / "p")
+
+    # Another config: refused, saying how to continue the stored run first.
+    error = _one_line_error(capsys, [*argv[:-1], "./runs/p", "--epochs",
+                                     "2"])
+    assert "differs in epochs: 1 there, 2 here" in error
+    resume = error.index("To continue that run: keras-seqnorm train ")
+    assert resume < error.index(f"delete {tmp_path / 'runs' / 'p'}")
+    command = error[resume:].split(": ", 1)[1].split(". To train", 1)[0]
+    flags = shlex.split(command)[2:]
+    # The flags given back reproduce the stored run: it is found finished.
+    assert train.main(flags) == json.loads(json.dumps(results))
+    assert os.path.getmtime(log) == mtime
+
+
+def test_the_continue_command_gives_back_the_config():
+    for argv in (
+        ["--norm", "ghost", "--groups-m", "2", "--epochs", "3"],
+        ["--preset", "cifar100-wrn28-10", "--norm", "sequential",
+         "--epochs", "7", "--no-flip", "--randaugment", "1,6",
+         "--norm-kwargs", '{"momentum": 0.5}', "--run-dir", "x y"],
+        ["--schedule", "piecewise_linear", "--lr-knots",
+         "0:0.1,2.5:1e-05", "--mixup", "0.2", "--image-size", "12"],
+    ):
+        config = train.resolve_run_dir(parse_config(argv))
+        command = train._continue_command(config.to_dict(), config.run_dir)
+        flags = shlex.split(command)[2:]
+        assert "--image-size" not in flags or "12" in flags
+        assert train.resolve_run_dir(parse_config(flags)) == config
+
+
+@pytest.mark.slow
+def test_a_failed_start_leaves_the_directory_reusable(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    base = ["--epochs", "1", "--verbose", "0", "--run-dir", str(run_dir)]
+    for flags, expected in (
+        (["--norm", "sequential", "--groups-c", "3"],
+         "Argument `groups_c` must divide the number of channels (16). "
+         "Received: groups_c=3"),
+        (["--norm-kwargs", '{"foo": 1}'],
+         "does not accept the argument(s) foo"),
+        (["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+          "--no-download"], "is not prepared in --data-dir"),
+    ):
+        error = _one_line_error(capsys, [*base, *flags])
+        assert expected in error
+        assert not os.path.exists(run_dir / "config.json"), flags
+    results = train.main([*base, "--norm", "sequential", "--groups-c", "4"])
+    assert results["status"] == "completed"
+    assert results["config"]["groups_c"] == 4
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, capsys, under):
+    path = tmp_path / "file"
+    path.write_text("not a directory")
+    run_dir = path / "sub" if under else path
+    error = _one_line_error(capsys, ["--run-dir", str(run_dir)])
+    expected = f"under the file {path}" if under else f"{path} is a file"
+    assert expected in error
+    assert f"Received: run_dir='{run_dir}'" in error
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """A run stopped after its one epoch, before its results: its backup
+    is in place."""
+    run_dir = tmp_path_factory.mktemp("interrupted") / "run"
+    argv = ["--epochs", "1", "--verbose", "0", "--run-dir", str(run_dir)]
+    summarize = train._summarize
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    train._summarize = crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.main(argv)
+    finally:
+        train._summarize = summarize
+    return run_dir, argv
+
+
+def _damage_weights(backup):
+    (name,) = [n for n in os.listdir(backup) if n.endswith(".weights.h5")]
+    path = backup / name
+    with open(path, "r+b") as file:
+        file.truncate(os.path.getsize(path) // 2)
+    return path
+
+
+def _damage_metadata(backup):
+    path = backup / "training_metadata.json"
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    return path
+
+
+def _overwrite_weights(backup):
+    (name,) = [n for n in os.listdir(backup) if n.endswith(".weights.h5")]
+    path = backup / name
+    with open(path, "r+b") as file:
+        file.seek(os.path.getsize(path) - 4096)
+        file.write(bytes(range(256)) * 4)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "damage", [_damage_weights, _damage_metadata, _overwrite_weights],
+    ids=["truncated_weights", "truncated_metadata", "overwritten_weights"],
+)
+def test_a_damaged_backup_stops_the_run_in_one_line(
+    interrupted_run, tmp_path, capsys, damage
+):
+    source, argv = interrupted_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    path = damage(run_dir / "backup")
+    mtime = os.path.getmtime(run_dir / "log.csv")
+    error = _one_line_error(capsys, [*argv[:-1], str(run_dir)])
+    assert f"The backup file {path} " in error
+    assert f"Delete {run_dir / 'backup'} to train the run again" in error
+    # Not loaded, nothing trained.
+    assert os.path.getmtime(run_dir / "log.csv") == mtime
+    assert not os.path.exists(run_dir / "results.json")
+    # The way out works: without the backup the run trains again.
+    shutil.rmtree(run_dir / "backup")
+    assert train.main([*argv[:-1], str(run_dir)])["status"] == "completed"
+
+
+# Failed runs (issue 10, defect 5).
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_nan_fails(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = ["train", "--epochs", "3", "--norm", "none", "--learning-rate",
+            "1e30", "--schedule", "constant", "--verbose", "0",
+            "--run-dir", str(run_dir)]
+    assert cli.main(argv) == 1
+    error = capsys.readouterr().err
+    assert "the loss stopped being finite in epoch 0" in error
+    with open(run_dir / "results.json") as file:
+        results = json.load(file)
+    assert results["status"] == "stopped_nan"
+    assert results["stopped_at"]["epoch"] == 0
+    assert results["epochs_completed"] == 0
+    assert results["test_accuracy"] is None
+    assert not os.path.exists(run_dir / "backup")
+    # Started again, it stays stopped: not trained, still a failure.
+    assert cli.main(argv) == 1
+    process = _subprocess(
+        "import sys; from keras_seqnorm.cli import main; "
+        "sys.exit(main(sys.argv[1:]))", *argv,
+    )
+    assert process.returncode == 1, process.stderr[-3000:]
+
+
+class _Explode(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("disk full")
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_an_exception_fails_then_resumes(tmp_path):
+    config = Config(epochs=3, verbose=0, run_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="disk full"):
+        train.run(config, callbacks=[_Explode()])
+    with open(tmp_path / "results.json") as file:
+        results = json.load(file)
+    assert results["status"] == "failed"
+    assert results["error"] == "RuntimeError: disk full"
+    assert "Traceback" in results["traceback"]
+    assert _backed_up(str(tmp_path)) == 2  # the epoch ended, then failed
+    # Not finished: the same config resumes from the backup.
+    results = train.run(config)
+    assert results["status"] == "completed"
+    assert _log_epochs(str(tmp_path)) == [0, 1, 2]
+
+
+# The default run directory (issue 16).
+
+
+def test_the_default_run_directory_is_derived_from_the_config():
+    first = train.resolve_run_dir(Config(norm="ghost", groups_m=4))
+    assert first.run_dir.startswith(
+        os.path.join("runs", "train", "simplecnn-digits-ghost-"))
+    # The same command, spelled otherwise: the same directory.
+    same = train.resolve_run_dir(parse_config(
+        ["--norm", "ghost", "--groups-m", "4", "--image-size", "16",
+         "--verbose", "0", "--jit-compile", "false"]))
+    assert same.run_dir == first.run_dir
+    others = {
+        train.resolve_run_dir(Config(norm="ghost", groups_m=2)).run_dir,
+        train.resolve_run_dir(Config(norm="ghost", groups_m=4,
+                                     epochs=3)).run_dir,
+        train.resolve_run_dir(Config(norm="ghost", groups_m=4,
+                                     seed=1)).run_dir,
+        first.run_dir,
+    }
+    assert len(others) == 4
+    given = train.resolve_run_dir(Config(run_dir="mine"))
+    assert given.run_dir == "mine"
+
+
+@pytest.mark.slow
+def test_the_run_directory_is_printed_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    results = train.main(["--epochs", "1", "--verbose", "0"])
+    out = capsys.readouterr().out
+    expected = train.resolve_run_dir(
+        parse_config(["--epochs", "1", "--verbose", "0"])).run_dir
+    assert out.splitlines()[0] == (
+        f"keras-seqnorm train: run directory {expected}")
+    assert results["run_dir"] == str(tmp_path / expected)
+
+
+def test_jit_compile_defaults_to_keras_auto():
+    assert Config().jit_compile == "auto"
+    for text, value in (("auto", "auto"), ("true", True), ("false", False)):
+        assert parse_config(["--jit-compile", text]).jit_compile == value
+    assert parse_config(["--jit-compile"]).jit_compile is True
+
+
+def test_jit_compile_auto_reaches_compile(monkeypatch):
+    compiled = {}
+    original = keras.Model.compile
+
+    def spy(self, *args, **kwargs):
+        compiled.update(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "compile", spy)
+    data = train.load_data(train.resolve_run_dir(Config(batch_size=64)))
+    model = train._build_model(Config(), data, 1)
+    assert compiled["jit_compile"] == "auto"
+    # Keras' choice: no XLA for TensorFlow on a machine without a GPU.
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        assert model.jit_compile is False
+
+
+# Reproducible resume (issue 10, defect 8): killed with SIGKILL at a point
+# held open by the child, then resumed, the run ends with the weights of the
+# uninterrupted run.
+
+KILLABLE = """
+import os, sys, time
+import keras
+import numpy as np
+from keras_seqnorm.training import callbacks as callbacks_lib
+from keras_seqnorm.training import train
+from keras_seqnorm.training.config import parse_config
+
+out = os.environ["WEIGHTS_OUT"]
+hold = os.environ.get("HOLD_AT_BATCH")
+hold_in_save = os.environ.get("HOLD_IN_SAVE")
+
+
+def wait_to_be_killed():
+    with open(out + ".holding", "w"):
+        pass
+    while True:
+        time.sleep(1)
+
+
+class Final(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        np.savez(out, *self.model.get_weights())
+
+
+class Hold(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if hold and (self.epoch, batch) == tuple(map(int, hold.split(","))):
+            wait_to_be_killed()
+
+
+save_backup = callbacks_lib.save_backup
+
+
+def held_save_backup(model, backup_dir, epoch):
+    if hold_in_save and epoch == int(hold_in_save):
+        # The weights are written, the metadata not yet replaced.
+        model.save_weights(os.path.join(backup_dir,
+                                        f"epoch{epoch}.weights.h5"))
+        wait_to_be_killed()
+    save_backup(model, backup_dir, epoch)
+
+
+callbacks_lib.save_backup = held_save_backup
+train.run(parse_config(sys.argv[1:]), callbacks=[Final(), Hold()])
+"""
+
+
+def _killed(script, argv, env):
+    marker = env["WEIGHTS_OUT"] + ".holding"
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *argv],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow",
+             "TF_CPP_MIN_LOG_LEVEL": "3", **env},
+    )
+    deadline = time.monotonic() + 600
+    while not os.path.exists(marker):
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "never reached the kill point"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+
+
+def _weights(path):
+    with np.load(path) as arrays:
+        return [arrays[key] for key in sorted(arrays, key=lambda k: int(
+            k.split("_")[1]))]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    # Every source of randomness: shuffling, per-image RandAugment, every
+    # per-batch augmentation and the noise of NoisyBatchNormalization.
+    # Two steps per execution, which do not divide the 19 of an epoch.
+    flags = ["--epochs", "3", "--norm", "noisy_batch", "--flip",
+             "--pad-crop", "2", "--cutout", "4", "--mixup", "0.2",
+             "--randaugment", "1,6", "--verbose", "0", "--seed", "3",
+             "--steps-per-execution", "2"]
+    whole = str(tmp_path / "whole.npz")
+    done = _subprocess(KILLABLE, *flags, "--run-dir",
+                       str(tmp_path / "whole"), env={"WEIGHTS_OUT": whole})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run_dir = tmp_path / "resumed"
+    argv = [*flags, "--run-dir", str(run_dir)]
+    resumed = str(tmp_path / "resumed.npz")
+    # Killed in the middle of the second epoch, after the first backup.
+    _killed(KILLABLE, argv, {"WEIGHTS_OUT": resumed, "HOLD_AT_BATCH": "1,6"})
+    assert _backed_up(str(run_dir)) == 1
+    os.remove(resumed + ".holding")
+    # Killed while writing the backup of the second epoch.
+    _killed(KILLABLE, argv, {"WEIGHTS_OUT": resumed, "HOLD_IN_SAVE": "2"})
+    assert _backed_up(str(run_dir)) == 1
+    assert os.path.exists(run_dir / "backup" / "epoch2.weights.h5")
+    os.remove(resumed + ".holding")
+    done = _subprocess(KILLABLE, *argv, env={"WEIGHTS_OUT": resumed})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _log_epochs(str(run_dir)) == [0, 1, 2]
+    expected, actual = _weights(whole), _weights(resumed)
+    assert len(expected) == len(actual)
+    for a, b in zip(expected, actual):
+        np.testing.assert_array_equal(a, b)
+
+
+def _readme_block(marker):
+    readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+    with open(readme) as file:
+        blocks = file.read().split("```python\n")[1:]
+    (block,) = [b.split("```", 1)[0] for b in blocks if marker in b]
+    return block
+
+
+@pytest.mark.slow
+def test_the_readme_training_snippet_runs_as_written(tmp_path):
+    script = _readme_block("from keras_seqnorm.training.train import run")
+    first = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+        text=True, timeout=600,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow",
+             "TF_CPP_MIN_LOG_LEVEL": "3",
+             "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = sorted(os.listdir(tmp_path / "runs" / "train"))
+    assert len(runs) == 2  # one directory per config, no collision
+    assert runs[0].startswith("simplecnn-digits-ghost-")
+    assert runs[1].startswith("simplecnn-digits-sequential-")
+    run_dir, ghost, seqnorm = first.stdout.splitlines()[-1].split()
+    assert run_dir == str(tmp_path / "runs" / "train" / runs[0])
+    assert 0 <= float(ghost) <= 1 and 0 <= float(seqnorm) <= 1
+
+
+def test_the_readme_train_commands_get_their_own_directories():
+    readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+    with open(readme) as file:
+        text = file.read()
+    section = text.split("## Training:", 1)[1].split("```\n", 2)[1]
+    prefixes = ("keras-seqnorm train ", "python -m keras_seqnorm.train ")
+    commands = [
+        shlex.split(line)[len(prefix.split()):]
+        for line in section.replace("\\\n", "").splitlines()
+        for prefix in prefixes if line.startswith(prefix)
+    ]
+    assert len(commands) == 3
+    dirs = {train.resolve_run_dir(parse_config(argv)).run_dir
+            for argv in commands}
+    assert len(dirs) == 3
+
+
+def test_deterministic_switches_on_op_determinism(monkeypatch):
+    import tensorflow as tf
+
+    calls = []
+    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism",
+                        lambda: calls.append(True))
+    train._switch_on_determinism()
+    assert calls == [True]
+    assert Config(deterministic=True).deterministic is True
+    # An execution field: the same run directory.
+    assert train.resolve_run_dir(Config(deterministic=True)).run_dir == (
+        train.resolve_run_dir(Config()).run_dir)
