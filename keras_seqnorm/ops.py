@@ -69,9 +69,9 @@ def fusion_barrier(*tensors):
 
     An identity for values and gradients. Under XLA (JAX, and TensorFlow
     inside an XLA cluster) the tensors, which must share one shape, are
-    gathered by constant row indices, which XLA neither simplifies away nor
-    fuses into a consumer that reads each value many times: so small
-    `(M, C)` statistics are computed once, in one kernel, and stored,
+    stacked and gathered by constant indices, which XLA neither simplifies
+    away nor fuses into a consumer that reads each value many times: so
+    small `(M, C)` statistics are computed once, in one kernel, and stored,
     instead of being recomputed (with the index arithmetic of their
     broadcasts) at every position of the loops over the input that read
     them. (`jax.lax.optimization_barrier` does not do this on CPUs: XLA
@@ -86,12 +86,12 @@ def fusion_barrier(*tensors):
         backend == "tensorflow" and _keras_compat.in_xla_context()
     )
     if in_xla:
+        # Gathered along the stacking axis, never the batch axis: a batch
+        # sharded over devices stays where it is.
         stacked = ops.stack(tensors, axis=1)
-        rows = stacked.shape[0]
-        rows = ops.arange(ops.shape(stacked)[0]) if rows is None else (
-            np.arange(rows, dtype="int32")
+        stacked = ops.take(
+            stacked, np.arange(len(tensors), dtype="int32"), axis=1
         )
-        stacked = ops.take(stacked, rows, axis=0)
         tensors = tuple(stacked[:, i] for i in range(len(tensors)))
     return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
@@ -370,7 +370,7 @@ class _GhostBatches:
         Unless G divides M a spread is a gather, which XLA computes apart:
         several tensors are then spread as one.
         """
-        if not self.even and len(tensors) > 1:
+        if not self.even and len(tensors) > 2:
             stacked = self._spread(ops.stack(tensors, axis=1))
             return tuple(stacked[:, i] for i in range(len(tensors)))
         spread = tuple(self._spread(t) for t in tensors)
@@ -952,7 +952,15 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
             if groups is not None:
                 # sum(dz) and sum(dz * z) per slice, then their means over
                 # each (sample, group).
-                square = normed_variance + ops.square(normed)
+                # The slice's mean of z^2, from q and d directly (so the
+                # normed variance feeds the forward reduction alone).
+                square = ops.where(
+                    spread_inv_std > 0,
+                    ops.square(spread_inv_std) * (
+                        q - 2.0 * d * spread_shift + ops.square(spread_shift)
+                    ),
+                    0.0,
+                )
                 sum_dz = (
                     spread_scale * sum_dy
                     + size * (spread_slope * normed + spread_offset)

@@ -149,7 +149,7 @@ def test_channel_axis_and_size(axis, shape, expected):
 @pytest.mark.parametrize(
     "axis, shape, match",
     [
-        (-1, (None,), r"Layer needs inputs of rank >= 2.*input_shape=\(None,\)"),
+        (-1, (None,), r"needs inputs of rank >= 2.*input_shape=\(None,\)"),
         (0, (None, 3), "Received: axis=0"),
         (-3, (None, 3), "Received: axis=-3"),
         (-1, (None, 4, None), r"known size\. Received: input_shape="),
