@@ -64,28 +64,44 @@ def _mask_weights(mask, x):
     return ops.broadcast_to(mask, ops.shape(x))
 
 
-def fusion_barrier(*tensors):
+def under_xla():
+    """Whether the computation being built will be compiled by XLA.
+
+    Always on JAX; on TensorFlow inside a `tf.function(jit_compile=True)`
+    or a function called from one; never on other backends.
+    """
+    backend = keras.backend.backend()
+    return backend == "jax" or (
+        backend == "tensorflow" and _keras_compat.in_xla_context()
+    )
+
+
+def fusion_barrier(*tensors, xla=None):
     """The tensors themselves, computed apart from their consumers under XLA.
 
-    An identity for values and gradients. Under XLA (JAX, and TensorFlow
-    inside an XLA cluster) the tensors, which must share one shape, are
-    stacked and gathered by constant indices, which XLA neither simplifies
-    away nor fuses into a consumer that reads each value many times: so
-    small `(M, C)` statistics are computed once, in one kernel, and stored,
-    instead of being recomputed (with the index arithmetic of their
+    An identity for values and gradients. Under XLA the tensors, which must
+    share one shape, are stacked and gathered by constant indices, which
+    XLA neither simplifies away nor fuses into a consumer that reads each
+    value many times (nor fuses a reduction into its consumers through):
+    so small `(M, C)` statistics are computed once, in one kernel, and
+    stored, instead of being recomputed (with the index arithmetic of their
     broadcasts) at every position of the loops over the input that read
     them. (`jax.lax.optimization_barrier` does not do this on CPUs: XLA
     removes it before fusion there.) Elsewhere the tensors come back as
     they are.
 
+    Args:
+        *tensors: Tensors of one shape, batch first.
+        xla: Whether XLA compiles the computation; `None` asks
+            `under_xla()`. A custom gradient's backward function is traced
+            apart from its forward function: pass what the forward saw.
+
     Returns:
         The tensor for one argument, else a tuple of them.
     """
-    backend = keras.backend.backend()
-    in_xla = backend == "jax" or (
-        backend == "tensorflow" and _keras_compat.in_xla_context()
-    )
-    if in_xla:
+    if xla is None:
+        xla = under_xla()
+    if xla:
         # Gathered along the stacking axis, never the batch axis: a batch
         # sharded over devices stays where it is.
         stacked = ops.stack(tensors, axis=1)
@@ -150,11 +166,12 @@ def _upstream(args, upstream):
     return args
 
 
-def _shifted_sums(x, channel_axis, groups=None):
+def _shifted_sums(x, channel_axis, groups=None, apart=False):
     # (shift, shifted, d, q): the shift s of every slice, x - s, and the
-    # (M, C) means of x - s and (x - s)^2, computed apart. The shift is the
-    # slice's first element, or with channel `groups` that of the group's
-    # first channel (for all channels of the group).
+    # (M, C) means of x - s and (x - s)^2. The shift is the slice's first
+    # element, or with channel `groups` that of the group's first channel
+    # (for all channels of the group). With `apart`, d and q pass a fusion
+    # barrier.
     rank = len(x.shape)
     channels = x.shape[channel_axis]
     axes = reduction_axes(rank, channel_axis)
@@ -170,6 +187,8 @@ def _shifted_sums(x, channel_axis, groups=None):
     q = _as_matrix(
         ops.mean(ops.square(shifted), axis=axes, keepdims=True), channels
     )
+    if apart:
+        d, q = fusion_barrier(d, q, xla=True)
     return shift, shifted, d, q
 
 
@@ -195,6 +214,8 @@ def shifted_moments(x, channel_axis):
     full = broadcast_shape(rank, channel_axis, x.shape[channel_axis])
     count = _slice_size(x, reduction_axes(rank, channel_axis))
 
+    xla = under_xla()
+
     @ops.custom_gradient
     def moments(x):
         shift, shifted, d, q = _shifted_sums(x, channel_axis)
@@ -206,7 +227,7 @@ def shifted_moments(x, channel_axis):
             # exact where x - mean would round mean to x's precision.
             slope = grad_variance * (2.0 / count)
             offset = grad_mean / count - d * slope
-            slope, offset = fusion_barrier(slope, offset)
+            slope, offset = fusion_barrier(slope, offset, xla=xla)
             return shifted * ops.reshape(slope, full) + ops.reshape(
                 offset, full
             )
@@ -850,11 +871,22 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
         gamma = ops.ones((channels,), x.dtype)
     if beta is None:
         beta = ops.zeros((channels,), x.dtype)
+    # Decided once: TensorFlow traces the backward function apart.
+    xla = under_xla()
+    # TensorFlow's XLA reduces (x - s)^2 and dy * (x - s) with its own loop
+    # emitter and fuses that into GhostNorm's ghost-batch reduction, a slow
+    # nested loop: there the per-slice sums get a kernel of their own.
+    # (JAX's XLA hands these reductions to YNNPACK, which fuses nothing.)
+    sums_apart = (
+        xla and groups is None and keras.backend.backend() == "tensorflow"
+    )
 
     @ops.custom_gradient
     def normalize(x, gamma, beta):
         if axes:
-            shift, _, d, q = _shifted_sums(x, channel_axis, groups)
+            shift, _, d, q = _shifted_sums(
+                x, channel_axis, groups, apart=sums_apart
+            )
         else:
             shift = x if groups is None else groups.spread(groups.first(x))
             d = x - shift
@@ -898,7 +930,7 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
             scale = spread_inv_std * spread_scale
         else:
             centre, scale = spread_mean, spread_scale
-        centre, scale = fusion_barrier(centre, scale)
+        centre, scale = fusion_barrier(centre, scale, xla=xla)
         outputs = (x - ops.reshape(centre, full)) * ops.reshape(scale, full)
         outputs = outputs + ops.reshape(beta, offset_shape)
 
@@ -915,6 +947,10 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
                 sum_dy_shifted = _as_matrix(
                     ops.sum(dy * shifted, axis=axes, keepdims=True), channels
                 )
+                if sums_apart:
+                    sum_dy, sum_dy_shifted = fusion_barrier(
+                        sum_dy, sum_dy_shifted, xla=True
+                    )
             else:
                 sum_dy, sum_dy_shifted = dy, dy * shifted
             # sum(dy * (z - mu)) over each ghost batch: for SeqNorm from
@@ -988,7 +1024,7 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
                 offset = spread_offset + spread_slope * shift
                 scale_x = spread_scale
             scale_x, slope, offset, shift_x = fusion_barrier(
-                scale_x, slope, offset, shift
+                scale_x, slope, offset, shift, xla=xla
             )
             grad_x = (
                 dy * ops.reshape(scale_x, full)
