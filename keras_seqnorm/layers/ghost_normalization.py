@@ -263,10 +263,7 @@ class GhostNormalization(keras.layers.Layer):
                 f"inputs.shape={inputs.shape}"
             )
         # Statistics in float32 whatever the input dtype.
-        inputs = ops.cast(inputs, keras.backend.result_type(
-            inputs.dtype, "float32"
-        ))
-        dtype = inputs.dtype
+        dtype = keras.backend.result_type(inputs.dtype, "float32")
         gamma = ops.cast(self.gamma, dtype) if self.scale else None
         beta = ops.cast(self.beta, dtype) if self.center else None
         training = bool(training) and self.trainable
@@ -290,7 +287,7 @@ class GhostNormalization(keras.layers.Layer):
                 (self.moving_variance, moving_variance),
             ):
                 variable.assign(ops.cast(value, variable.dtype))
-        return ops.cast(outputs, self.compute_dtype)
+        return outputs
 
     def _compiled_path(self):
         # The layer's own XLA-compiled call (TensorFlow), unless
@@ -304,7 +301,11 @@ class GhostNormalization(keras.layers.Layer):
     def _normalize(self, inputs, gamma, beta, moving_mean, moving_variance,
                    mask, training):
         # The whole layer as a pure function: the outputs and, in
-        # training, the updated moving statistics.
+        # training, the updated moving statistics. The casts happen inside,
+        # so a compiled call fuses them into its passes over the input.
+        inputs = ops.cast(inputs, keras.backend.result_type(
+            inputs.dtype, "float32"
+        ))
         result = norm_ops.sequential_normalization(
             inputs,
             gamma,
@@ -320,7 +321,8 @@ class GhostNormalization(keras.layers.Layer):
             momentum=self.momentum if training else None,
             mask=mask,
         )
-        return result.outputs, result.moving_mean, result.moving_variance
+        outputs = ops.cast(result.outputs, self.compute_dtype)
+        return outputs, result.moving_mean, result.moving_variance
 
     def get_config(self):
         config = {
