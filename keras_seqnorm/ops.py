@@ -389,7 +389,8 @@ class _GhostBatches:
         """`(G, C)` -> `(M, C)`: every sample gets its ghost batch's row.
 
         Unless G divides M a spread is a gather, which XLA computes apart:
-        several tensors are then spread as one.
+        three or more tensors are then stacked and gathered once (for two,
+        stacking costs a kernel of its own and saves none).
         """
         if not self.even and len(tensors) > 2:
             stacked = self._spread(ops.stack(tensors, axis=1))
