@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 # oneDNN (no AVX-512, or TF_ENABLE_ONEDNN_OPTS=0): TensorFlow's CPU Conv2D
 # takes channels first only through oneDNN, so test-tf skips them there.
 JAX_TESTS := tests/layers tests/models tests/test_ops.py tests/test_norms.py \
+	tests/test_utils.py \
 	tests/test_convert.py tests/test_benchmark.py tests/test_recalibrate.py
 
-.PHONY: setup test test-tf test-jax lint demo bench reproduce clean
+.PHONY: setup test test-tf test-jax lint package demo bench reproduce clean
 
 setup: $(STAMP)
 
@@ -21,9 +22,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(PY) -m ruff check keras_seqnorm tests benchmarks examples
+	$(PY) -m ruff check keras_seqnorm tests benchmarks examples .ci
 
-test: lint test-tf test-jax
+test: lint package test-tf test-jax
+
+# The sdist and the wheel, built with the venv's setuptools (no download),
+# checked by twine and .ci/check_dist.py (contents; the wheel imports from
+# a folder of its own, not from this checkout).
+package: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --quiet --no-isolation --outdir dist .
+	$(PY) -m twine check --strict dist/*
+	$(PY) .ci/check_dist.py dist
 
 test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -ra tests
@@ -32,7 +42,7 @@ test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q -ra $(JAX_TESTS)
 
 demo: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm.cli compare \
+	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm compare \
 		--dataset digits --model simplecnn --norms batch,ghost,sequential \
 		--seeds 3 --run-dir runs/demo
 
@@ -40,8 +50,8 @@ bench: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) benchmarks/run.py
 
 reproduce: $(STAMP)
-	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm.cli reproduce \
+	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm reproduce \
 		--run-dir runs/reproduce --out docs/results.md
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache dist keras_seqnorm.egg-info

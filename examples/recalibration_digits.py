@@ -28,16 +28,16 @@ import keras
 import numpy as np
 
 from keras_seqnorm import recalibrate_statistics
-from keras_seqnorm.training.config import Config
+from keras_seqnorm.training import Config
+from keras_seqnorm.training import train
+from keras_seqnorm.training.config import resolve_data_fields
 from keras_seqnorm.training.data import load_data
-from keras_seqnorm.training.data import resolve_data_fields
-from keras_seqnorm.training.train import run
 
 COLUMNS = ("ema", "ghost", "population")
 
 
 class _KeepModel(keras.callbacks.Callback):
-    """Holds on to the trained model `run` builds."""
+    """Holds on to the trained model `train` builds."""
 
     def on_train_end(self, logs=None):
         self.trained = self.model
@@ -50,7 +50,7 @@ def measure(norm, seed, epochs, run_dir, recalibration_epochs=1):
         model="simplecnn", norm=norm, epochs=epochs,
     )
     keep = _KeepModel()
-    results = run(config, callbacks=[keep])
+    results = train(config, callbacks=[keep])
     model = keep.trained
     data = load_data(resolve_data_fields(config))
     accuracies = {"ema": results["test_accuracy"]}

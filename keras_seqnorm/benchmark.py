@@ -20,22 +20,22 @@ Example:
 >>> print(result.markdown())  # doctest: +SKIP
 """
 
-import argparse
 import dataclasses
 import inspect
-import json
 import platform
 import re
 import statistics
+import sys
 import time
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_seqnorm import utils
 from keras_seqnorm.layers import GhostNormalization
 from keras_seqnorm.layers import SequentialNormalization
-from keras_seqnorm.version import __version__
+from keras_seqnorm.norms import group_kwargs
 
 # NHWC activations of WRN-28-10 (128x32x32x160 to 128x8x8x640), ResNet-50
 # (64x56x56x256), small tensors where launch costs show (64x8x8x32,
@@ -445,17 +445,14 @@ def bench_train_step(model_name, batch_size, norms, iters, samples,
         y = rng.integers(0, 10, size=(batch_size,))
         steps = {}
         for norm in norms:
-            kwargs = {}
-            if norm == "ghost":
-                kwargs = {"groups_m": GROUPS_M}
-            elif norm == "sequential":
-                kwargs = {"groups_m": GROUPS_M, "groups_c": GROUPS_C}
             model = get_model(
                 model_name,
                 num_classes=10,
                 input_shape=(32, 32, 3),
                 norm=norm,
-                norm_kwargs=kwargs,
+                norm_kwargs=group_kwargs(
+                    norm, groups_m=GROUPS_M, groups_c=GROUPS_C
+                ),
             )
             model.compile(
                 keras.optimizers.SGD(0.01, momentum=0.9),
@@ -507,21 +504,6 @@ def device_name():
         details = tf.config.experimental.get_device_details(gpus[0])
         return "gpu:" + details.get("device_name", "unknown")
     return f"cpu:{platform.processor() or platform.machine()}"
-
-
-def _versions():
-    versions = {"keras": keras.__version__, "keras_seqnorm": __version__,
-                "python": platform.python_version()}
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        versions["jax"] = jax.__version__
-    else:
-        import tensorflow as tf
-
-        versions["tensorflow"] = tf.__version__
-    return versions
 
 
 def _cells(impls, names, key, fmt):
@@ -636,8 +618,7 @@ class BenchmarkResult:
     def save(self, path):
         """Writes the JSON to `path` and the markdown tables beside it
         (`.md` instead of the extension)."""
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        utils.write_json(path, self.to_dict())
         with open(path.rsplit(".", 1)[0] + ".md", "w") as f:
             f.write(f"Device: {self.device}, backend {self.backend}, "
                     f"{self.versions}\n\n")
@@ -703,7 +684,7 @@ def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=5,
     result = BenchmarkResult(
         device=device_name(),
         backend=backend,
-        versions=_versions(),
+        versions=utils.versions(),
         peak_memory_bytes=_peak_memory(),
         groups_c=GROUPS_C,
         groups_m=GROUPS_M,
@@ -716,80 +697,14 @@ def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=5,
     return result
 
 
-def _parse_shapes(text):
-    try:
-        return [
-            tuple(int(d) for d in item.split("x"))
-            for item in text.split(",")
-        ]
-    except ValueError:
-        raise ValueError(
-            "Argument `--shapes` must be comma-separated NxHxWxC shapes, "
-            f"e.g. 128x32x32x160. Received: --shapes={text}"
-        ) from None
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="keras-seqnorm bench",
-        description="Time GhostNorm and SeqNorm against BatchNormalization "
-        "and print the tables; nothing is written without --out.",
-    )
-    parser.add_argument(
-        "--shapes",
-        default=",".join("x".join(map(str, s)) for s in DEFAULT_SHAPES),
-        help="comma-separated NxHxWxC activation shapes",
-    )
-    parser.add_argument(
-        "--dtypes",
-        default="float32,bfloat16",
-        help="comma-separated input dtypes (half precision runs under the "
-        "matching mixed policy)",
-    )
-    parser.add_argument("--iters", type=int, default=5,
-                        help="calls per timed sample")
-    parser.add_argument("--samples", type=int, default=7,
-                        help="interleaved samples; the median is reported")
-    parser.add_argument("--model", default="wrn16_4",
-                        help="model for the train-step timing ('' skips it); "
-                        "use wrn28_10 with batch 128 on a GPU")
-    parser.add_argument("--model-batch-size", type=int, default=32)
-    parser.add_argument("--model-precision", default="float32")
-    parser.add_argument("--no-group", action="store_true",
-                        help="skip keras.layers.GroupNormalization")
-    parser.add_argument("--no-graph-mode", action="store_true",
-                        help="skip the TensorFlow graph-mode (no XLA) timings")
-    parser.add_argument("--torch-reference", action="store_true",
-                        help="also time the paper's PyTorch SeqNorm "
-                        "(F.group_norm, then Figure A1), eager and under "
-                        "torch.compile, in the same interleaved loop "
-                        "(needs torch)")
-    parser.add_argument("--out", default=None,
-                        help="write the results to this JSON path (and a "
-                        ".md table beside it); by default nothing is "
-                        "written")
-    return parser
-
-
 def main(argv=None):
-    """`keras-seqnorm bench`: parses the flags, calls `run`, prints the
-    tables; returns the `BenchmarkResult`."""
-    args = build_parser().parse_args(argv)
-    result = run(
-        shapes=_parse_shapes(args.shapes),
-        dtypes=[d for d in args.dtypes.split(",") if d],
-        iters=args.iters,
-        samples=args.samples,
-        model=args.model,
-        model_batch_size=args.model_batch_size,
-        model_precision=args.model_precision,
-        include_group=not args.no_group,
-        torch_reference=args.torch_reference,
-        graph_mode=False if args.no_graph_mode else None,
-        out=args.out,
-    )
-    print(result.markdown())
-    return result
+    """`keras-seqnorm bench` (and `python benchmarks/run.py`): runs the
+    command line `argv` (default: `sys.argv[1:]`) through the command's
+    parser in `keras_seqnorm.cli`; returns the `BenchmarkResult`."""
+    from keras_seqnorm import cli
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return cli.run_command(["bench", *argv])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from keras import ops
 from keras_seqnorm.norms import bound_keywords
 from keras_seqnorm.norms import get_norm_layer
 from keras_seqnorm.norms import norm_layer_arguments
+from keras_seqnorm.utils import iter_sublayers
 
 # BatchNormalization arguments handed to the new norm where it takes them.
 # `synchronized` and the `renorm*` arguments are BatchNorm's own.
@@ -42,27 +43,10 @@ _ADVICE = (
 )
 
 
-def _sublayers(layer):
-    """Every layer `layer` holds, at any depth, as Keras tracks them: set as
-    attributes, directly or in lists, tuples and dicts."""
-    seen = {id(layer)}
-    pending = list(vars(layer).values())
-    while pending:
-        value = pending.pop()
-        if isinstance(value, (list, tuple)):
-            pending.extend(value)
-        elif isinstance(value, dict):
-            pending.extend(value.values())
-        elif isinstance(value, keras.layers.Layer) and id(value) not in seen:
-            seen.add(id(value))
-            yield value
-            pending.extend(vars(value).values())
-
-
 def _holds_batch_norm(layer):
     return any(
         isinstance(sub, keras.layers.BatchNormalization)
-        for sub in _sublayers(layer)
+        for _, sub in iter_sublayers(layer)
     )
 
 

@@ -1,4 +1,9 @@
-"""The norm registry: one mapping from names to norm layer factories.
+"""The norm registry: what the package knows about each norm.
+
+- `NORM_LAYERS`: the names and their layer factories.
+- `norm_layer_arguments(norm)`: the arguments a norm's layer accepts.
+- `group_arguments(norm)`, `group_kwargs`, `norms_taking`: which of the
+  paper's group counts (G_M, G_C) a norm takes, and as which argument.
 
 `get_norm_layer(norm, **norm_kwargs)` resolves a name, a layer class or a
 `functools.partial` of one into a factory. Every factory accepts the core
@@ -16,31 +21,34 @@ arguments the chosen norm accepts: a keyword argument it does not accept is
 a `ValueError` naming the norm and the arguments it takes, never silently
 dropped, so `norm="batch", norm_kwargs={"groups_m": 8}` fails loudly
 instead of training a plain BatchNorm baseline by mistake.
+
+Importing this module imports no Keras: the names, the group arguments and
+`canonical_name` are plain data, and a layer is imported when it is first
+looked up.
 """
 
 import functools
 import inspect
 
-import keras
+from keras_seqnorm import validation
+from keras_seqnorm.utils import LazyRegistry
 
-from keras_seqnorm.layers import FittedGroupNormalization
-from keras_seqnorm.layers import GhostNormalization
-from keras_seqnorm.layers import IdentityNormalization
-from keras_seqnorm.layers import NoisyBatchNormalization
-from keras_seqnorm.layers import SequentialNormalization
-
-NORM_LAYERS = {
-    "batch": keras.layers.BatchNormalization,
-    "sync_batch": functools.partial(
-        keras.layers.BatchNormalization, synchronized=True
-    ),
-    "ghost": GhostNormalization,
-    "sequential": SequentialNormalization,
-    "group": FittedGroupNormalization,
-    "noisy_batch": NoisyBatchNormalization,
-    "none": IdentityNormalization,
-}
-"""Norm names -> layer factories (classes or `functools.partial`s).
+NORM_LAYERS = LazyRegistry(
+    {
+        "batch": "keras.layers:BatchNormalization",
+        "sync_batch": (
+            "keras.layers:BatchNormalization",
+            {"synchronized": True},
+        ),
+        "ghost": "keras_seqnorm.layers:GhostNormalization",
+        "sequential": "keras_seqnorm.layers:SequentialNormalization",
+        "group": "keras_seqnorm.layers:FittedGroupNormalization",
+        "noisy_batch": "keras_seqnorm.layers:NoisyBatchNormalization",
+        "none": "keras_seqnorm.layers:IdentityNormalization",
+    }
+)
+"""Norm names -> layer factories (classes or `functools.partial`s), a
+read-only mapping whose layers are imported on first lookup.
 
 - `batch`: `keras.layers.BatchNormalization`, per replica: the paper's
   baseline.
@@ -56,6 +64,16 @@ NORM_LAYERS = {
 - `none`: `IdentityNormalization`, no normalization.
 """
 
+GROUP_COUNTS = ("groups_m", "groups_c")
+"""The paper's two group counts: `groups_m` (G_M, ghost batches per
+replica) and `groups_c` (G_C, channel groups)."""
+
+_GROUP_ARGUMENTS = {
+    "ghost": {"groups_m": "groups_m"},
+    "sequential": {"groups_m": "groups_m", "groups_c": "groups_c"},
+    "group": {"groups_c": "groups"},
+}
+
 
 def canonical_name(name):
     """Lower case, without underscores and hyphens: `"Sync-Batch"` ->
@@ -63,7 +81,67 @@ def canonical_name(name):
     return name.lower().replace("_", "").replace("-", "")
 
 
-def _layer_class(factory):
+def group_arguments(norm):
+    """The paper's group counts the registry norm `norm` takes.
+
+    Args:
+        norm: A name from `NORM_LAYERS`, as spelled there.
+
+    Returns:
+        A dict from each of `GROUP_COUNTS` the norm takes to the layer
+        argument that receives it, e.g. `{"groups_c": "groups"}` for
+        `group`; `{}` for a norm without groups (`batch`, `none`, ...).
+    """
+    return dict(_GROUP_ARGUMENTS.get(norm, {}))
+
+
+def norms_taking(count):
+    """The registry norms that take the group count `count` (one of
+    `GROUP_COUNTS`), in registry order."""
+    return [name for name in NORM_LAYERS if count in group_arguments(name)]
+
+
+def group_kwargs(norm, groups_m=None, groups_c=None):
+    """The layer arguments of `norm` for the group counts given.
+
+    Counts the norm does not take, and counts left at `None` (the layer's
+    default), are left out.
+
+    Example:
+
+    >>> group_kwargs("group", groups_m=8, groups_c=4)
+    {'groups': 4}
+    """
+    counts = {"groups_m": groups_m, "groups_c": groups_c}
+    return {
+        argument: counts[count]
+        for count, argument in group_arguments(norm).items()
+        if counts[count] is not None
+    }
+
+
+def check_norm_names(name, norms, error=ValueError):
+    """Checks that `norms` is a non-empty list or tuple of distinct names
+    from `NORM_LAYERS` (as spelled there); returns it as a tuple.
+
+    Raises:
+        error: (a `ValueError`) naming the argument `name`.
+    """
+    if (
+        not isinstance(norms, (list, tuple)) or not norms
+        or len(set(norms)) != len(norms)
+        or not all(norm in NORM_LAYERS for norm in norms)
+    ):
+        validation.fail(
+            name, f"distinct names from {', '.join(NORM_LAYERS)}", norms,
+            error,
+        )
+    return tuple(norms)
+
+
+def layer_class(factory):
+    """The layer class a norm factory creates: the class itself, or the
+    function of a (nested) `functools.partial`."""
     while isinstance(factory, functools.partial):
         factory = factory.func
     return factory
@@ -84,9 +162,17 @@ def norm_layer_arguments(factory):
     The named parameters of every `__init__` up the class's MRO, as far as
     each passes `**kwargs` on, down to the base `keras.layers.Layer`
     (`name`, `dtype`, `trainable`, ...).
+
+    Args:
+        factory: A layer class or `functools.partial` of one, or a name
+            from `NORM_LAYERS`.
     """
+    import keras
+
+    if isinstance(factory, str):
+        factory = _resolve(factory)
     names = set()
-    for klass in _layer_class(factory).__mro__:
+    for klass in layer_class(factory).__mro__:
         init = vars(klass).get("__init__")
         if init is None:
             continue
@@ -104,6 +190,8 @@ def norm_layer_arguments(factory):
 
 
 def _resolve(norm):
+    import keras
+
     if isinstance(norm, str):
         table = {canonical_name(key): key for key in NORM_LAYERS}
         key = table.get(canonical_name(norm))
@@ -114,10 +202,9 @@ def _resolve(norm):
                 f"are ignored). Received: norm={norm!r}"
             )
         return NORM_LAYERS[key]
-    layer_class = _layer_class(norm)
+    klass = layer_class(norm)
     if not (
-        inspect.isclass(layer_class)
-        and issubclass(layer_class, keras.layers.Layer)
+        inspect.isclass(klass) and issubclass(klass, keras.layers.Layer)
     ):
         raise ValueError(
             "Argument `norm` must be a name from NORM_LAYERS "
@@ -163,18 +250,20 @@ def get_norm_layer(norm, **norm_kwargs):
     >>> make_norm(axis=-1, name="norm").groups_m
     8
     """
+    import keras
+
     factory = _resolve(norm)
     accepted = norm_layer_arguments(factory)
     if "axis" not in accepted:
         raise ValueError(
             f"A norm layer must accept an `axis` argument; "
-            f"{_layer_class(factory).__name__} does not. Received: "
+            f"{layer_class(factory).__name__} does not. Received: "
             f"norm={norm!r}"
         )
     unknown = sorted(set(norm_kwargs) - accepted)
     if unknown:
         raise ValueError(
-            f"The norm {norm!r} ({_layer_class(factory).__name__}) does not "
+            f"The norm {norm!r} ({layer_class(factory).__name__}) does not "
             f"accept the argument(s) {', '.join(unknown)}. It accepts: "
             f"{', '.join(sorted(accepted))}. Received: "
             f"norm_kwargs={norm_kwargs}"

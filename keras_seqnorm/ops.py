@@ -841,197 +841,24 @@ def sequential_normalization(x, gamma=None, beta=None, *, channel_axis,
 def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
                     ghost_batch_size, epsilon, moving_mean, moving_variance,
                     momentum):
-    # Training without a mask, with one custom gradient for the whole layer.
-    #
-    # Forward: pass 1 reduces x - s and (x - s)^2 per (sample, channel),
-    # s a shift (the slice's first element; for SeqNorm that of its
-    # group's first channel). SeqNorm's GroupNorm stage pools those over
-    # each sample's channel groups into z = (x - group mean) * rho; the
-    # ghost stage pools the per-slice moments of z (GhostNorm: of x) over
-    # ghost batches into mu and r = 1 / sqrt(var + eps); pass 2 writes
-    # y = gamma * r * (z - mu) + beta as (x - centre) * scale + beta.
-    #
-    # Backward, BatchNorm's own formula twice: the ghost stage gives
-    # dz = gamma r (dy - alpha - z_hat beta), alpha and beta the ghost
-    # means of dy and dy * z_hat (z_hat = (z - mu) r); the GroupNorm stage
-    # gives dx = rho (dz - E[dz] - z E[dz z]) over each (sample, group).
-    # Every mean comes from pass 3's sums of dy and dy * (x - s) per
-    # (sample, channel), so dx = dy * scale + (x - s) * slope + offset is
-    # pass 4, with (M, C) terms.
-    rank = len(x.shape)
-    channels = x.shape[channel_axis]
-    axes = reduction_axes(rank, channel_axis)
-    full = broadcast_shape(rank, channel_axis, channels)
-    offset_shape = [1] + full[1:]
-    size = _slice_size(x, axes)
-    batch_size = _batch_size(x)
-    ghosts = _ghost_batches(batch_size, groups_m, ghost_batch_size)
-    groups = None if groups_c is None else _ChannelGroups(channels, groups_c)
+    # Training without a mask, with one custom gradient for the whole layer
+    # (`_FusedNormalization` says how it is computed).
+    fused = _FusedNormalization(
+        x, channel_axis, groups_c, groups_m, ghost_batch_size, epsilon
+    )
     has_gamma, has_beta = gamma is not None, beta is not None
     if gamma is None:
-        gamma = ops.ones((channels,), x.dtype)
+        gamma = ops.ones((fused.channels,), x.dtype)
     if beta is None:
-        beta = ops.zeros((channels,), x.dtype)
-    # Decided once: TensorFlow traces the backward function apart.
-    xla = under_xla()
-    # TensorFlow's XLA reduces (x - s)^2 and dy * (x - s) with its own loop
-    # emitter and fuses that into GhostNorm's ghost-batch reduction, a slow
-    # nested loop: there the per-slice sums get a kernel of their own.
-    # (JAX's XLA hands these reductions to YNNPACK, which fuses nothing.)
-    sums_apart = (
-        xla and groups is None and keras.backend.backend() == "tensorflow"
-    )
+        beta = ops.zeros((fused.channels,), x.dtype)
 
     @ops.custom_gradient
     def normalize(x, gamma, beta):
-        if axes:
-            shift, _, d, q = _shifted_sums(
-                x, channel_axis, groups, apart=sums_apart
-            )
-        else:
-            shift = x if groups is None else groups.spread(groups.first(x))
-            d = x - shift
-            q = ops.square(d)
-        if groups is not None:
-            # Every slice of a group is shifted by the same value, a value
-            # of the group, so the group's moments are the means of d and
-            # q: one reduction of what pass 1 gave. Each slice's variance
-            # q - d^2 keeps the accuracy that matters here, relative to
-            # the group's variance.
-            width = groups.sizes(x.dtype)
-            group_shift, group_square = (
-                t / width for t in groups.sum(d, q, differentiable=False)
-            )
-            inv_std, std = _inverse_std(
-                _variance(group_square, group_shift), epsilon
-            )
-            spread_shift, spread_inv_std, spread_std = groups.spread(
-                group_shift, inv_std, std
-            )
-            # The per-slice mean and mean square of z = (x - s - e) * rho.
-            normed = (d - spread_shift) * spread_inv_std
-            normed_variance = _finite(_variance(q, d)) * ops.square(
-                spread_inv_std
-            )
-        else:
-            normed, normed_variance = shift + d, _variance(q, d)
-        ghost_mean, ghost_variance, _ = _pool(
-            ghosts, normed, normed_variance, standardized=groups is not None,
-            differentiable=False,
-        )
-        sizes = ghosts.sizes(x.dtype)
-        # The batch statistics are the sums of these over ghost batches.
-        weights = sizes / ops.cast(batch_size, x.dtype)
-        weighted = (weights * ghost_mean, weights * ghost_variance)
-        inv_ghost = ops.rsqrt(ghost_variance + epsilon)
-        ghost_scale = inv_ghost * gamma
-        spread_mean, spread_scale = ghosts.spread(ghost_mean, ghost_scale)
-        if groups is not None:
-            centre = shift + spread_shift + spread_mean * spread_std
-            scale = spread_inv_std * spread_scale
-        else:
-            centre, scale = spread_mean, spread_scale
-        centre, scale = fusion_barrier(centre, scale, xla=xla)
-        outputs = (x - ops.reshape(centre, full)) * ops.reshape(scale, full)
-        outputs = outputs + ops.reshape(beta, offset_shape)
+        outputs, weighted, saved = fused.forward(x, gamma, beta)
 
         def grad(*args, upstream=None):
             dy = _upstream(args, upstream)[0]
-            # x - s again rather than kept from the forward pass: a
-            # separately compiled backward function then reads x, not a
-            # stored copy.
-            shifted = x - ops.reshape(shift, full)
-            if axes:
-                sum_dy = _as_matrix(
-                    ops.sum(dy, axis=axes, keepdims=True), channels
-                )
-                sum_dy_shifted = _as_matrix(
-                    ops.sum(dy * shifted, axis=axes, keepdims=True), channels
-                )
-                if sums_apart:
-                    sum_dy, sum_dy_shifted = fusion_barrier(
-                        sum_dy, sum_dy_shifted, xla=True
-                    )
-            else:
-                sum_dy, sum_dy_shifted = dy, dy * shifted
-            # sum(dy * (z - mu)) over each ghost batch: for SeqNorm from
-            # sum(dy * z) (standardized values: no shift needed), for
-            # GhostNorm exact around the shift.
-            if groups is not None:
-                sum_dy_z = spread_inv_std * (
-                    sum_dy_shifted - spread_shift * sum_dy
-                )
-                ghost_dy, ghost_dy_z = ghosts.sum(
-                    sum_dy, sum_dy_z, differentiable=False
-                )
-                ghost_dy_centred = ghost_dy_z - ghost_mean * ghost_dy
-            else:
-                sum_dy_centred = sum_dy_shifted - (
-                    ghosts.spread(ghost_mean) - shift
-                ) * sum_dy
-                ghost_dy, ghost_dy_centred = ghosts.sum(
-                    sum_dy, sum_dy_centred, differentiable=False
-                )
-            grad_beta, grad_gamma = _sums(
-                (ghost_dy, ghost_dy_centred * inv_ghost), 0, outputs=True,
-                differentiable=False,
-            )
-            # alpha = mean(dy), beta_ = mean(dy * z_hat) over ghost batches;
-            # dz = gamma r dy + z * z_slope + z_offset.
-            count = sizes * size
-            alpha = ghost_dy / count
-            beta_ = inv_ghost * ghost_dy_centred / count
-            z_slope = -ghost_scale * inv_ghost * beta_
-            z_offset = -ghost_scale * alpha - z_slope * ghost_mean
-            spread_slope, spread_offset, spread_scale = ghosts.spread(
-                z_slope, z_offset, ghost_scale
-            )
-            if groups is not None:
-                # sum(dz) and sum(dz * z) per slice, then their means over
-                # each (sample, group).
-                # The slice's mean of z^2, from q and d directly (so the
-                # normed variance feeds the forward reduction alone).
-                square = ops.where(
-                    spread_inv_std > 0,
-                    ops.square(spread_inv_std) * (
-                        q - 2.0 * d * spread_shift + ops.square(spread_shift)
-                    ),
-                    0.0,
-                )
-                sum_dz = (
-                    spread_scale * sum_dy
-                    + size * (spread_slope * normed + spread_offset)
-                )
-                sum_dz_z = spread_scale * sum_dy_z + size * (
-                    spread_slope * square + spread_offset * normed
-                )
-                mean_dz, mean_dz_z = (
-                    groups.spread(t / (groups.sizes(x.dtype) * size))
-                    for t in groups.sum(
-                        sum_dz, sum_dz_z, differentiable=False
-                    )
-                )
-                # dx = rho (dz - mean_dz - z mean_dz_z), z = rho (x - s - e).
-                z_slope = spread_slope - mean_dz_z
-                slope = ops.square(spread_inv_std) * z_slope
-                offset = spread_inv_std * (
-                    spread_offset - mean_dz
-                    - spread_inv_std * spread_shift * z_slope
-                )
-                scale_x = spread_inv_std * spread_scale
-            else:
-                # z = x = s + (x - s).
-                slope = spread_slope
-                offset = spread_offset + spread_slope * shift
-                scale_x = spread_scale
-            scale_x, slope, offset, shift_x = fusion_barrier(
-                scale_x, slope, offset, shift, xla=xla
-            )
-            grad_x = (
-                dy * ops.reshape(scale_x, full)
-                + (x - ops.reshape(shift_x, full)) * ops.reshape(slope, full)
-                + ops.reshape(offset, full)
-            )
+            grad_x, grad_gamma, grad_beta = fused.backward(x, dy, saved)
             return (
                 grad_x,
                 grad_gamma if has_gamma else ops.zeros_like(grad_gamma),
@@ -1048,27 +875,266 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
         (weighted_mean, weighted_variance), 0, differentiable=False
     )
     count = ops.ones_like(batch_mean) * (
-        ops.cast(batch_size, x.dtype) * size
+        ops.cast(fused.batch_size, x.dtype) * fused.size
     )
     new_mean = new_variance = None
     if momentum is not None:
-        # moving * momentum + batch * (1 - momentum) as one more row of the
-        # reduction: the update is no kernel of its own.
-        new_mean, new_variance = _sums(
-            (
-                ops.concatenate([
-                    weighted * (1.0 - momentum),
-                    ops.expand_dims(moving, 0) * momentum,
-                ])
-                for weighted, moving in (
-                    (weighted_mean, moving_mean),
-                    (weighted_variance, moving_variance),
-                )
-            ),
-            0,
-            outputs=True,
-            differentiable=False,
+        new_mean, new_variance = _moving_update(
+            weighted_mean, weighted_variance, moving_mean, moving_variance,
+            momentum,
         )
     return Normalization(
         outputs, batch_mean, batch_variance, count, new_mean, new_variance
     )
+
+
+def _moving_update(weighted_mean, weighted_variance, moving_mean,
+                   moving_variance, momentum):
+    # moving * momentum + batch * (1 - momentum) as one more row of the
+    # reduction of the weighted ghost statistics: no kernel of its own.
+    return _sums(
+        (
+            ops.concatenate([
+                weighted * (1.0 - momentum),
+                ops.expand_dims(moving, 0) * momentum,
+            ])
+            for weighted, moving in (
+                (weighted_mean, moving_mean),
+                (weighted_variance, moving_variance),
+            )
+        ),
+        0,
+        outputs=True,
+        differentiable=False,
+    )
+
+
+class _Saved:
+    """What the forward pass keeps for the backward pass: `(M, C)` terms."""
+
+
+class _FusedNormalization:
+    """GhostNorm or SeqNorm in training: forward and backward by hand.
+
+    Forward: pass 1 reduces x - s and (x - s)^2 per (sample, channel), s a
+    shift (the slice's first element; for SeqNorm that of its group's first
+    channel). SeqNorm's GroupNorm stage pools those over each sample's
+    channel groups into z = (x - group mean) * rho; the ghost stage pools
+    the per-slice moments of z (GhostNorm: of x) over ghost batches into mu
+    and r = 1 / sqrt(var + eps); pass 2 writes
+    y = gamma * r * (z - mu) + beta as (x - centre) * scale + beta.
+
+    Backward, BatchNorm's own formula twice: the ghost stage gives
+    dz = gamma r (dy - alpha - z_hat beta), alpha and beta the ghost means
+    of dy and dy * z_hat (z_hat = (z - mu) r); the GroupNorm stage gives
+    dx = rho (dz - E[dz] - z E[dz z]) over each (sample, group). Every mean
+    comes from pass 3's sums of dy and dy * (x - s) per (sample, channel),
+    so dx = dy * scale + (x - s) * slope + offset is pass 4, with `(M, C)`
+    terms.
+    """
+
+    def __init__(self, x, channel_axis, groups_c, groups_m,
+                 ghost_batch_size, epsilon):
+        rank = len(x.shape)
+        self.channel_axis = channel_axis
+        self.channels = x.shape[channel_axis]
+        self.axes = reduction_axes(rank, channel_axis)
+        self.full = broadcast_shape(rank, channel_axis, self.channels)
+        self.size = _slice_size(x, self.axes)
+        self.batch_size = _batch_size(x)
+        self.ghosts = _ghost_batches(
+            self.batch_size, groups_m, ghost_batch_size
+        )
+        self.groups = (
+            None if groups_c is None
+            else _ChannelGroups(self.channels, groups_c)
+        )
+        self.epsilon = epsilon
+        # Decided once: TensorFlow traces the backward function apart.
+        self.xla = under_xla()
+        # TensorFlow's XLA reduces (x - s)^2 and dy * (x - s) with its own
+        # loop emitter and fuses that into GhostNorm's ghost-batch
+        # reduction, a slow nested loop: there the per-slice sums get a
+        # kernel of their own. (JAX's XLA hands these reductions to
+        # YNNPACK, which fuses nothing.)
+        self.sums_apart = (
+            self.xla and self.groups is None
+            and keras.backend.backend() == "tensorflow"
+        )
+
+    def _broadcast(self, t):
+        return ops.reshape(t, self.full)
+
+    def forward(self, x, gamma, beta):
+        """Returns the outputs, the weighted ghost statistics and `_Saved`."""
+        s = _Saved()
+        if self.axes:
+            s.shift, _, s.d, s.q = _shifted_sums(
+                x, self.channel_axis, self.groups, apart=self.sums_apart
+            )
+        else:
+            s.shift = x if self.groups is None else self.groups.spread(
+                self.groups.first(x)
+            )
+            s.d = x - s.shift
+            s.q = ops.square(s.d)
+        if self.groups is not None:
+            s.normed, normed_variance = self._group_forward(s, x.dtype)
+        else:
+            s.normed, normed_variance = s.shift + s.d, _variance(s.q, s.d)
+        s.ghost_mean, ghost_variance, _ = _pool(
+            self.ghosts, s.normed, normed_variance,
+            standardized=self.groups is not None, differentiable=False,
+        )
+        s.sizes = self.ghosts.sizes(x.dtype)
+        # The batch statistics are the sums of these over ghost batches.
+        weights = s.sizes / ops.cast(self.batch_size, x.dtype)
+        weighted = (weights * s.ghost_mean, weights * ghost_variance)
+        s.inv_ghost = ops.rsqrt(ghost_variance + self.epsilon)
+        s.ghost_scale = s.inv_ghost * gamma
+        spread_mean, spread_scale = self.ghosts.spread(
+            s.ghost_mean, s.ghost_scale
+        )
+        if self.groups is not None:
+            centre = s.shift + s.spread_shift + spread_mean * s.spread_std
+            scale = s.spread_inv_std * spread_scale
+        else:
+            centre, scale = spread_mean, spread_scale
+        centre, scale = fusion_barrier(centre, scale, xla=self.xla)
+        outputs = (x - self._broadcast(centre)) * self._broadcast(scale)
+        outputs = outputs + ops.reshape(beta, [1] + self.full[1:])
+        return outputs, weighted, s
+
+    def _group_forward(self, s, dtype):
+        # Every slice of a group is shifted by the same value, a value of
+        # the group, so the group's moments are the means of d and q: one
+        # reduction of what pass 1 gave. Each slice's variance q - d^2
+        # keeps the accuracy that matters here, relative to the group's
+        # variance. Returns the per-slice mean and mean square of
+        # z = (x - s - e) * rho.
+        width = self.groups.sizes(dtype)
+        group_shift, group_square = (
+            t / width
+            for t in self.groups.sum(s.d, s.q, differentiable=False)
+        )
+        inv_std, std = _inverse_std(
+            _variance(group_square, group_shift), self.epsilon
+        )
+        s.spread_shift, s.spread_inv_std, s.spread_std = self.groups.spread(
+            group_shift, inv_std, std
+        )
+        normed = (s.d - s.spread_shift) * s.spread_inv_std
+        normed_variance = _finite(_variance(s.q, s.d)) * ops.square(
+            s.spread_inv_std
+        )
+        return normed, normed_variance
+
+    def backward(self, x, dy, s):
+        """Returns the gradients of `x`, gamma and beta."""
+        sum_dy, sum_dy_z, ghost_dy, ghost_dy_centred = self._upstream_sums(
+            x, dy, s
+        )
+        grad_beta, grad_gamma = _sums(
+            (ghost_dy, ghost_dy_centred * s.inv_ghost), 0, outputs=True,
+            differentiable=False,
+        )
+        # alpha = mean(dy), beta_ = mean(dy * z_hat) over ghost batches;
+        # dz = gamma r dy + z * z_slope + z_offset.
+        count = s.sizes * self.size
+        alpha = ghost_dy / count
+        beta_ = s.inv_ghost * ghost_dy_centred / count
+        z_slope = -s.ghost_scale * s.inv_ghost * beta_
+        z_offset = -s.ghost_scale * alpha - z_slope * s.ghost_mean
+        spread_slope, spread_offset, spread_scale = self.ghosts.spread(
+            z_slope, z_offset, s.ghost_scale
+        )
+        if self.groups is not None:
+            scale_x, slope, offset = self._group_backward(
+                s, sum_dy, sum_dy_z, spread_slope, spread_offset,
+                spread_scale, x.dtype,
+            )
+        else:
+            # z = x = s + (x - s).
+            slope = spread_slope
+            offset = spread_offset + spread_slope * s.shift
+            scale_x = spread_scale
+        scale_x, slope, offset, shift_x = fusion_barrier(
+            scale_x, slope, offset, s.shift, xla=self.xla
+        )
+        grad_x = (
+            dy * self._broadcast(scale_x)
+            + (x - self._broadcast(shift_x)) * self._broadcast(slope)
+            + self._broadcast(offset)
+        )
+        return grad_x, grad_gamma, grad_beta
+
+    def _upstream_sums(self, x, dy, s):
+        # x - s again rather than kept from the forward pass: a separately
+        # compiled backward function then reads x, not a stored copy.
+        shifted = x - self._broadcast(s.shift)
+        if self.axes:
+            sum_dy, sum_dy_shifted = (
+                _as_matrix(
+                    ops.sum(t, axis=self.axes, keepdims=True), self.channels
+                )
+                for t in (dy, dy * shifted)
+            )
+            if self.sums_apart:
+                sum_dy, sum_dy_shifted = fusion_barrier(
+                    sum_dy, sum_dy_shifted, xla=True
+                )
+        else:
+            sum_dy, sum_dy_shifted = dy, dy * shifted
+        # sum(dy * (z - mu)) over each ghost batch: for SeqNorm from
+        # sum(dy * z) (standardized values: no shift needed), for GhostNorm
+        # exact around the shift.
+        if self.groups is not None:
+            sum_dy_z = s.spread_inv_std * (
+                sum_dy_shifted - s.spread_shift * sum_dy
+            )
+            ghost_dy, ghost_dy_z = self.ghosts.sum(
+                sum_dy, sum_dy_z, differentiable=False
+            )
+            return (sum_dy, sum_dy_z, ghost_dy,
+                    ghost_dy_z - s.ghost_mean * ghost_dy)
+        sum_dy_centred = sum_dy_shifted - (
+            self.ghosts.spread(s.ghost_mean) - s.shift
+        ) * sum_dy
+        ghost_dy, ghost_dy_centred = self.ghosts.sum(
+            sum_dy, sum_dy_centred, differentiable=False
+        )
+        return sum_dy, None, ghost_dy, ghost_dy_centred
+
+    def _group_backward(self, s, sum_dy, sum_dy_z, spread_slope,
+                        spread_offset, spread_scale, dtype):
+        # sum(dz) and sum(dz * z) per slice, then their means over each
+        # (sample, group). The slice's mean of z^2 comes from q and d
+        # directly (so the normed variance feeds the forward reduction
+        # alone).
+        size = self.size
+        square = ops.where(
+            s.spread_inv_std > 0,
+            ops.square(s.spread_inv_std) * (
+                s.q - 2.0 * s.d * s.spread_shift + ops.square(s.spread_shift)
+            ),
+            0.0,
+        )
+        sum_dz = (
+            spread_scale * sum_dy
+            + size * (spread_slope * s.normed + spread_offset)
+        )
+        sum_dz_z = spread_scale * sum_dy_z + size * (
+            spread_slope * square + spread_offset * s.normed
+        )
+        mean_dz, mean_dz_z = (
+            self.groups.spread(t / (self.groups.sizes(dtype) * size))
+            for t in self.groups.sum(sum_dz, sum_dz_z, differentiable=False)
+        )
+        # dx = rho (dz - mean_dz - z mean_dz_z), z = rho (x - s - e).
+        z_slope = spread_slope - mean_dz_z
+        slope = ops.square(s.spread_inv_std) * z_slope
+        offset = s.spread_inv_std * (
+            spread_offset - mean_dz
+            - s.spread_inv_std * s.spread_shift * z_slope
+        )
+        return s.spread_inv_std * spread_scale, slope, offset

@@ -26,8 +26,10 @@ import threading
 import keras
 import numpy as np
 
+from keras_seqnorm import validation
 from keras_seqnorm.norms import NORM_LAYERS
-from keras_seqnorm.norms import _layer_class
+from keras_seqnorm.norms import layer_class
+from keras_seqnorm.utils import iter_sublayers
 
 STATISTICS = ("ghost", "population")
 
@@ -229,27 +231,15 @@ class _Recording:
 def _norm_layers(model):
     """`(path, layer)` of every trainable registry layer with moving
     statistics, nested models included, each layer once."""
-    classes = tuple({_layer_class(f) for f in NORM_LAYERS.values()})
-    found, seen = [], set()
-
-    def visit(layer, prefix):
-        for sub in layer._layers:
-            if id(sub) in seen:
-                continue
-            seen.add(id(sub))
-            path = f"{prefix}/{sub.name}" if prefix else sub.name
-            if (
-                isinstance(sub, classes)
-                and sub.built
-                and sub.trainable
-                and getattr(sub, "moving_mean", None) is not None
-                and getattr(sub, "moving_variance", None) is not None
-            ):
-                found.append((path, sub))
-            visit(sub, path)
-
-    visit(model, "")
-    return found
+    classes = tuple({layer_class(f) for f in NORM_LAYERS.values()})
+    return [
+        (path, layer) for path, layer in iter_sublayers(model)
+        if isinstance(layer, classes)
+        and layer.built
+        and layer.trainable
+        and getattr(layer, "moving_mean", None) is not None
+        and getattr(layer, "moving_variance", None) is not None
+    ]
 
 
 def _forward(model, x, carried):
@@ -287,19 +277,9 @@ def _check_arguments(model, data, steps, statistics, batch_size):
             "Argument `model` must be a built `keras.Model` (call it on data "
             f"or build it first). Received: model={model!r}"
         )
-    if statistics not in STATISTICS:
-        raise ValueError(
-            f"Argument `statistics` must be one of {', '.join(STATISTICS)}. "
-            f"Received: statistics={statistics!r}"
-        )
+    validation.choice("statistics", statistics, STATISTICS)
     for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ValueError(
-                f"Argument `{name}` must be a positive integer or None. "
-                f"Received: {name}={value!r}"
-            )
+        validation.positive_int(name, value, allow_none=True)
     arrays = isinstance(data, (tuple, dict)) or _is_array(data)
     if not (arrays or _is_tf_dataset(data) or hasattr(data, "__next__")):
         raise ValueError(

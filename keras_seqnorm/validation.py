@@ -13,7 +13,7 @@ user wrote it (`"groups_m"` for a layer, `"--groups-m"` for a flag).
 Checks:
 - `is_integer`, `is_number`: predicates, for checks of their own.
 - `positive_int`: an integer >= 1 (optionally `None`).
-- `integer`: any integer (e.g. an axis).
+- `integer`: an integer, optionally with a lower bound (e.g. an axis).
 - `number`: a finite real number, optionally within bounds.
 - `boolean`: `True` or `False`.
 - `choice`: one of a fixed set of values.
@@ -84,10 +84,25 @@ def positive_int(name, value, allow_none=False, error=ValueError):
     return int(value)
 
 
-def integer(name, value, error=ValueError):
-    """Checks that `value` is an integer (not a bool); returns an `int`."""
-    if not is_integer(value):
-        fail(name, "an integer", value, error)
+def integer(name, value, low=None, allow_none=False, error=ValueError):
+    """Checks that `value` is an integer (not a bool), at least `low`.
+
+    Args:
+        name: The argument's name.
+        value: The value received.
+        low: The smallest value accepted, or `None`. Defaults to `None`.
+        allow_none: Whether `None` is accepted. Defaults to `False`.
+        error: The exception class raised. Defaults to `ValueError`.
+
+    Returns:
+        `value` as an `int`, or `None`.
+    """
+    if value is None and allow_none:
+        return None
+    if not is_integer(value) or (low is not None and value < low):
+        expected = "an integer" + (f" >= {low}" if low is not None else "")
+        fail(name, expected + (" or None" if allow_none else ""), value,
+             error)
     return int(value)
 
 

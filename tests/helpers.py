@@ -46,21 +46,33 @@ def ghost_norm_reference(x, axis=-1, groups_m=1, epsilon=1e-3, mask=None,
     return np.moveaxis(out, -1, axis), average_mean, average_variance
 
 
-def group_norm_reference(x, axis=-1, groups_c=1, epsilon=1e-3):
-    """GroupNorm without affine in float64 NumPy."""
+def group_norm_reference(x, axis=-1, groups_c=1, epsilon=1e-3, mask=None):
+    """GroupNorm without affine in float64 NumPy.
+
+    With a `mask` (over every axis but the channels), the statistics of each
+    sample's groups cover its unmasked positions only.
+    """
     x = _channels_last(np.asarray(x, np.float64), axis)
     shape = x.shape
     grouped = x.reshape(shape[0], -1, groups_c, shape[-1] // groups_c)
-    mean = grouped.mean(axis=(1, 3), keepdims=True)
-    variance = grouped.var(axis=(1, 3), keepdims=True)
+    keep = np.ones(shape[:-1]) if mask is None else np.broadcast_to(
+        np.asarray(mask, np.float64), shape[:-1]
+    )
+    keep = np.broadcast_to(keep.reshape(shape[0], -1, 1, 1), grouped.shape)
+    count = np.maximum(keep.sum(axis=(1, 3), keepdims=True), 1)
+    mean = (grouped * keep).sum(axis=(1, 3), keepdims=True) / count
+    variance = ((grouped - mean) ** 2 * keep).sum(
+        axis=(1, 3), keepdims=True
+    ) / count
     out = ((grouped - mean) / np.sqrt(variance + epsilon)).reshape(shape)
     return np.moveaxis(out, -1, axis)
 
 
-def seq_norm_reference(x, axis=-1, groups_c=4, groups_m=1, epsilon=1e-3):
+def seq_norm_reference(x, axis=-1, groups_c=4, groups_m=1, epsilon=1e-3,
+                       mask=None):
     """SeqNorm as the paper writes it: GroupNorm, then GhostNorm."""
-    grouped = group_norm_reference(x, axis, groups_c, epsilon)
-    return ghost_norm_reference(grouped, axis, groups_m, epsilon)
+    grouped = group_norm_reference(x, axis, groups_c, epsilon, mask)
+    return ghost_norm_reference(grouped, axis, groups_m, epsilon, mask)
 
 
 def input_gradient(fn, x):

@@ -87,9 +87,19 @@ def test_both_entry_points_write_nothing_without_out(tmp_path, monkeypatch,
     assert {p.name: p.stat().st_mtime_ns for p in results.iterdir()} == before
 
 
-def test_bad_shapes_flag():
-    with pytest.raises(ValueError, match="Received: --shapes=16x4xa"):
-        benchmark.main(["--shapes", "16x4xa", "--model", ""])
+@pytest.mark.parametrize("flags, expected", [
+    (["--shapes", "16x4xa"], "Received: shapes='16x4xa'"),
+    (["--shapes", "16x0x4x4"], "Received: shapes='16x0x4x4'"),
+    (["--dtypes", "float64"], "Received: dtypes='float64'"),
+    (["--iters", "0"], "expected a positive integer. Received: '0'"),
+])
+def test_bad_flags_are_one_line_errors(flags, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main([*flags, "--model", ""])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert expected in error and "see keras-seqnorm bench --help" in error
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax",

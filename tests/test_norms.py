@@ -11,7 +11,6 @@ from keras_seqnorm.layers import GhostNormalization
 from keras_seqnorm.layers import IdentityNormalization
 from keras_seqnorm.layers import NoisyBatchNormalization
 from keras_seqnorm.layers import SequentialNormalization
-from tests.helpers import group_norm_reference
 from tests.helpers import to_numpy
 
 TENSORFLOW = keras.backend.backend() == "tensorflow"
@@ -132,90 +131,25 @@ def test_bad_identifiers(norm, match):
         get_norm_layer(norm)
 
 
-@pytest.mark.parametrize(
-    "channels, groups, expected",
-    [(64, 32, 32), (16, 32, 16), (300, 32, 30), (48, 32, 24), (7, 32, 7),
-     (12, 5, 4), (12, 1, 1), (12, -1, 12)],
-)
-def test_fitted_groups(channels, groups, expected):
-    layer = FittedGroupNormalization(groups=groups)
-    layer.build((None, 2, channels))
-    assert layer.fitted_groups == expected
-    assert layer.groups == groups
+def test_the_registry_knows_each_norms_group_arguments():
+    from keras_seqnorm import norms
 
-
-@pytest.mark.parametrize(
-    "shape, axis", [((4, 6, 6, 48), -1), ((4, 48, 6), 1), ((4, 300), -1)]
-)
-def test_fitted_group_norm_matches_references(shape, axis):
-    x = _random(shape) * 3 + 1
-    layer = FittedGroupNormalization(groups=32, axis=axis, epsilon=1e-5)
-    out = to_numpy(layer(x))
-    groups = layer.fitted_groups
-    np.testing.assert_allclose(
-        out,
-        group_norm_reference(x, axis=axis, groups_c=groups, epsilon=1e-5),
-        atol=1e-4,
-    )
-    # Keras's own GroupNormalization with the fitted count and weights.
-    reference = keras.layers.GroupNormalization(groups, axis=axis,
-                                                epsilon=1e-5)
-    reference.build(x.shape)
-    rng = np.random.default_rng(2)
-    weights = [rng.normal(size=shape[axis]) for _ in range(2)]
-    layer.set_weights(weights)
-    reference.set_weights(weights)
-    np.testing.assert_allclose(
-        to_numpy(layer(x)), to_numpy(reference(x)), atol=1e-4
-    )
-
-
-def test_fitted_group_norm_mixed_float16_large_inputs():
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
-        layer = FittedGroupNormalization(groups=2)
-        x = np.full((2, 3, 4), 70000.0, "float32")
-        x[:, 0] = 69000.0
-        out = layer(x)
-        assert all(w.dtype == "float32" for w in layer.weights)
-    finally:
-        keras.config.set_dtype_policy("float32")
-    assert keras.backend.standardize_dtype(out.dtype) == "float16"
-    np.testing.assert_allclose(
-        to_numpy(out).astype("float32"),
-        group_norm_reference(x, groups_c=2),
-        atol=1e-2,
-    )
-
-
-@pytest.mark.parametrize(
-    "kwargs, shape, match",
-    [
-        ({"groups": 0}, None, "Received: groups=0"),
-        ({"groups": True}, None, "Received: groups=True"),
-        ({"axis": "last"}, None, "Received: axis='last'"),
-        ({"axis": 0}, (None, 4), "non-batch axis.*Received: axis=0"),
-        ({"axis": -1}, (None, 4, None), "known size"),
-    ],
-)
-def test_fitted_group_norm_bad_arguments(kwargs, shape, match):
-    with pytest.raises(ValueError, match=match):
-        FittedGroupNormalization(**kwargs).build(shape)
-
-
-@pytest.mark.parametrize("norm", ["group", "none"])
-def test_config_round_trip_and_keras_file(norm, tmp_path):
-    layer = get_norm_layer(norm)(axis=1, epsilon=1e-5, name="norm")
-    config = layer.get_config()
-    assert config["axis"] == 1 and config["epsilon"] == 1e-5
-    assert type(layer).from_config(config).get_config() == config
-    inputs = keras.Input((8, 3))
-    model = keras.Model(inputs, layer(keras.layers.Dense(3)(inputs)))
-    path = tmp_path / "model.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert type(loaded.get_layer("norm")) is type(layer)
-    x = _random((2, 8, 3))
-    np.testing.assert_allclose(
-        to_numpy(loaded(x)), to_numpy(model(x)), atol=1e-6
-    )
+    assert norms.group_arguments("ghost") == {"groups_m": "groups_m"}
+    assert norms.group_arguments("group") == {"groups_c": "groups"}
+    assert norms.group_arguments("batch") == {}
+    assert norms.group_kwargs("sequential", groups_m=8, groups_c=4) == {
+        "groups_m": 8, "groups_c": 4}
+    assert norms.group_kwargs("ghost", groups_m=8, groups_c=4) == {
+        "groups_m": 8}
+    assert norms.group_kwargs("ghost") == {}
+    # Every group argument is one the norm's layer accepts.
+    for name in NORM_LAYERS:
+        arguments = set(norms.group_arguments(name).values())
+        assert arguments <= norms.norm_layer_arguments(name), name
+    assert norms.norms_taking("groups_m") == ["ghost", "sequential"]
+    assert norms.check_norm_names("norms", ["ghost", "none"]) == (
+        "ghost", "none")
+    with pytest.raises(ValueError, match=r"Received: norms=\['layer'\]"):
+        norms.check_norm_names("norms", ["layer"])
+    with pytest.raises(ValueError, match=r"Received: norms=\('a', 'a'\)"):
+        norms.check_norm_names("norms", ("a", "a"))

@@ -2,10 +2,42 @@
 
 Figures are built with `matplotlib.figure.Figure`, not `pyplot`: they are
 drawn off-screen by the Agg canvas, touch no global state and need no
-display.
+display. Matplotlib is imported when a figure is drawn.
 """
 
-from matplotlib.figure import Figure
+
+def plot_curves(runs, path, title=None):
+    """Validation accuracy per epoch, one line per norm: the mean over its
+    seeds, shaded between their minimum and maximum. Writes a PNG."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(figure)
+    axis = figure.subplots()
+    for index, norm in enumerate(dict.fromkeys(r["norm"] for r in runs)):
+        curves = [r["val_accuracy_curve"] for r in runs if r["norm"] == norm]
+        length = min(len(curve) for curve in curves)
+        values = np.array([curve[:length] for curve in curves])
+        epochs = np.arange(1, length + 1)
+        color = f"C{index}"
+        axis.plot(epochs, values.mean(axis=0), color=color, label=norm)
+        axis.fill_between(
+            epochs, values.min(axis=0), values.max(axis=0), color=color,
+            alpha=0.2,
+        )
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation accuracy")
+    if title:
+        axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return path
 
 
 def plot_landscape(landscape, test_error, path, title=None):
@@ -27,6 +59,8 @@ def plot_landscape(landscape, test_error, path, title=None):
     Returns:
         `path`.
     """
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(15, 4.2))
     axes = figure.subplots(1, 3)
     panels = (

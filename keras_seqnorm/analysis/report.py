@@ -10,20 +10,27 @@ Three checks of the paper, offline on two CPU cores:
 3. The loss landscape of Section 3.1 (`keras-seqnorm landscape`) for no
    norm, BatchNorm and GhostNorm, as a figure.
 
-`python -m keras_seqnorm.analysis.report --run-dir runs/reproduce
---out docs/results.md`
+`reproduce(run_dir="runs/reproduce", out="docs/results.md")` calls
+`compare` and `landscape` and writes the report; `keras-seqnorm reproduce
+--run-dir runs/reproduce --out docs/results.md` (`make reproduce`) parses
+its flags and calls it.
 """
 
 import json
 import os
 import shutil
-import sys
 import time
 
 import keras
 import numpy as np
 
+from keras_seqnorm import validation
+from keras_seqnorm.analysis.comparison import compare
+from keras_seqnorm.analysis.loss_landscape import landscape
 from keras_seqnorm.layers import GhostNormalization
+from keras_seqnorm.training.config import ConfigError
+from keras_seqnorm.training.config import values_argv
+from keras_seqnorm.utils import versions
 
 # Section 2.2: the tuple X and the outputs the paper prints (as printed).
 PAPER_X = (35, 39, 30, 4, 38, 26, 27, 19)
@@ -127,18 +134,18 @@ def format_section_2_2(example):
     return "\n".join(lines)
 
 
-# The recipes of the report: small enough for two CPU cores.
-COMPARE_FLAGS = (
-    "--dataset", "digits", "--model", "simplecnn", "--groups-m", "8",
-    "--groups-c", "4",
-)
+# The recipes of the report (`Config` field values): small enough for two
+# CPU cores.
+COMPARE_RECIPE = {
+    "dataset": "digits", "model": "simplecnn", "groups_m": 8, "groups_c": 4,
+}
 # Appendix B.1's MNIST recipe (SimpleNet, learning rate 0.4, constant, no
 # momentum) on digits; batch 64 with G_M = 8 normalizes over 8 samples, as
 # the paper's best MNIST GhostNorm (G_M = 64 of 512, Appendix B.3).
-LANDSCAPE_FLAGS = (
-    "--preset", "mnist-simplenet", "--dataset", "digits", "--batch-size",
-    "64", "--groups-m", "8",
-)
+LANDSCAPE_RECIPE = {
+    "preset": "mnist-simplenet", "dataset": "digits", "batch_size": 64,
+    "groups_m": 8,
+}
 LANDSCAPE_NORMS = ("none", "batch", "ghost")
 COMPARE_NORMS = ("batch", "ghost", "sequential")
 
@@ -235,89 +242,48 @@ def format_landscape(stats):
     return "\n".join(lines)
 
 
-def build_parser():
-    from keras_seqnorm.training.config import CommandParser
+def reproduce(run_dir=os.path.join("runs", "reproduce"),
+              out=os.path.join("docs", "results.md"), seeds=5, epochs=20,
+              landscape_epochs=10):
+    """Runs the three checks and writes the report.
 
-    parser = CommandParser(
-        prog="keras-seqnorm reproduce",
-        description="Write the reproduction report (docs/results.md).",
-    )
-    parser.add_argument(
-        "--run-dir", default=os.path.join("runs", "reproduce"),
-        help="Training runs; rerunning reuses the finished ones "
-        "(default: runs/reproduce).",
-    )
-    parser.add_argument(
-        "--out", default=os.path.join("docs", "results.md"),
-        help="The report; its figures go next to it "
-        "(default: docs/results.md).",
-    )
-    parser.add_argument(
-        "--seeds", type=int, default=5,
-        help="Seeds per norm of the comparison (default: 5).",
-    )
-    parser.add_argument(
-        "--epochs", type=int, default=20,
-        help="Epochs of the comparison runs (default: 20).",
-    )
-    parser.add_argument(
-        "--landscape-epochs", type=int, default=10,
-        help="Epochs of the landscape runs (default: 10).",
-    )
-    return parser
+    Training runs go to `run_dir` (`compare/` and `landscape/`); a rerun
+    reuses the finished ones.
 
-
-def main(argv=None):
-    """`python -m keras_seqnorm.analysis.report --run-dir DIR --out FILE`.
+    Args:
+        run_dir: The folder of the training runs. Defaults to
+            `runs/reproduce`.
+        out: The report; its figures go next to it. Defaults to
+            `docs/results.md`.
+        seeds: Seeds per norm of the comparison. Defaults to `5`.
+        epochs: Epochs of the comparison runs. Defaults to `20`.
+        landscape_epochs: Epochs of the landscape runs. Defaults to `10`.
 
     Returns:
-        A dict with `section_2_2`, `compare`, `landscape` (its statistics),
-        `figures`, `failed` (the runs that did not complete: they are left
-        out of the tables and listed in the report; the console script
-        then exits with status 1) and `seconds`.
+        A dict with `section_2_2`, `compare` (its summary), `landscape`
+        (its statistics), `figures`, `failed` (the runs that did not
+        complete: they are left out of the tables and listed in the report)
+        and `seconds`.
+
+    Raises:
+        ConfigError: for a bad argument, or an `out` that cannot be
+            written.
     """
-    from keras_seqnorm.analysis import compare
-    from keras_seqnorm.analysis import landscape
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for name in ("seeds", "epochs", "landscape_epochs"):
-        if getattr(args, name) < 1:
-            parser.error(
-                f"Argument `{name}` must be a positive integer. "
-                f"Received: {name}={getattr(args, name)}"
-            )
+    for name, value in (("seeds", seeds), ("epochs", epochs),
+                        ("landscape_epochs", landscape_epochs)):
+        validation.positive_int(name, value, error=ConfigError)
     start = time.perf_counter()
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if os.path.isdir(args.out):
-        parser.error(
-            f"Argument `out` must name a file, but {args.out} is a "
-            f"directory. Received: out={args.out!r}"
-        )
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as error:
-        parser.error(
-            f"Argument `out` must be a file in a directory that can be "
-            f"created ({type(error).__name__}: {error.strerror}). "
-            f"Received: out={args.out!r}"
-        )
-
+    out_dir = _check_out(out)
     example = section_2_2_example()
-    quiet = ("--verbose", "0")
-    comparison = compare.main([
-        *COMPARE_FLAGS, *quiet,
-        "--norms", ",".join(COMPARE_NORMS),
-        "--seeds", str(args.seeds),
-        "--epochs", str(args.epochs),
-        "--run-dir", os.path.join(args.run_dir, "compare"),
-    ])
-    probes = landscape.main([
-        *LANDSCAPE_FLAGS, *quiet,
-        "--epochs", str(args.landscape_epochs),
-        "--norms", ",".join(LANDSCAPE_NORMS),
-        "--run-dir", os.path.join(args.run_dir, "landscape"),
-    ])
+    comparison = compare(
+        norms=COMPARE_NORMS, seeds=seeds,
+        run_dir=os.path.join(run_dir, "compare"), verbose=0, epochs=epochs,
+        **COMPARE_RECIPE,
+    )
+    probes = landscape(
+        norms=LANDSCAPE_NORMS, run_dir=os.path.join(run_dir, "landscape"),
+        verbose=0, epochs=landscape_epochs, **LANDSCAPE_RECIPE,
+    )
     figures = {}
     for name, source in (("landscape", probes["figure"]),
                          ("compare", comparison["figure"])):
@@ -329,37 +295,13 @@ def main(argv=None):
         {"analysis": "compare", **entry} for entry in comparison["failed"]
     ] + [{"analysis": "landscape", **entry} for entry in probes["failed"]]
     seconds = time.perf_counter() - start
-    compare_runs = comparison["runs"] or comparison["failed"]
-    text = TEMPLATE.format(
-        section_2_2=format_section_2_2(example),
-        compare_command=" ".join(
-            [*COMPARE_FLAGS, "--seeds", str(args.seeds), "--epochs",
-             str(args.epochs)]
-        ),
-        compare_recipe=_recipe(compare_runs[0]["run_dir"]),
-        seeds=args.seeds,
-        compare=format_compare(comparison),
-        compare_figure=_figure(figures, "compare", "validation accuracy "
-                               "per epoch"),
-        landscape_command=" ".join(
-            [*LANDSCAPE_FLAGS, "--epochs", str(args.landscape_epochs)]
-        ),
-        landscape_recipe=_recipe(
-            os.path.join(args.run_dir, "landscape", LANDSCAPE_NORMS[-1])
-        ),
-        landscape=format_landscape(stats),
-        landscape_figure=_figure(figures, "landscape", "loss landscape"),
-        verdict=format_verdict(example),
-        failed=format_failed(failed),
-        minutes=seconds / 60,
-        versions=_versions(),
+    text = _report_text(
+        example, comparison, stats, figures, failed, seconds,
+        run_dir=run_dir, seeds=seeds, epochs=epochs,
+        landscape_epochs=landscape_epochs,
     )
-    with open(args.out, "w") as f:
+    with open(out, "w") as f:
         f.write(text)
-    print(f"wrote {args.out} ({seconds / 60:.1f} minutes)")
-    if failed:
-        print(f"keras-seqnorm reproduce: {len(failed)} failed run(s), "
-              f"listed in {args.out}", file=sys.stderr)
     return {
         "section_2_2": example,
         "compare": comparison["summary"],
@@ -368,6 +310,54 @@ def main(argv=None):
         "failed": failed,
         "seconds": seconds,
     }
+
+
+def _check_out(out):
+    """Checks that the report `out` can be written; returns its folder,
+    created."""
+    if os.path.isdir(out):
+        validation.fail("out", f"a file, but {out} is a directory", out,
+                        ConfigError)
+    out_dir = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as error:
+        validation.fail(
+            "out", f"a file in a directory that can be created "
+            f"({type(error).__name__}: {error.strerror})", out, ConfigError,
+        )
+    return out_dir
+
+
+def _report_text(example, comparison, stats, figures, failed, seconds,
+                 run_dir, seeds, epochs, landscape_epochs):
+    """The Markdown of the report."""
+    compare_runs = comparison["runs"] or comparison["failed"]
+    compare_flags = [
+        *values_argv(COMPARE_RECIPE), "--seeds", str(seeds),
+        *values_argv({"epochs": epochs}),
+    ]
+    return TEMPLATE.format(
+        section_2_2=format_section_2_2(example),
+        compare_command=" ".join(compare_flags),
+        compare_recipe=_recipe(compare_runs[0]["run_dir"]),
+        seeds=seeds,
+        compare=format_compare(comparison),
+        compare_figure=_figure(figures, "compare", "validation accuracy "
+                               "per epoch"),
+        landscape_command=" ".join(values_argv(
+            {**LANDSCAPE_RECIPE, "epochs": landscape_epochs}
+        )),
+        landscape_recipe=_recipe(
+            os.path.join(run_dir, "landscape", LANDSCAPE_NORMS[-1])
+        ),
+        landscape=format_landscape(stats),
+        landscape_figure=_figure(figures, "landscape", "loss landscape"),
+        verdict=format_verdict(example),
+        failed=format_failed(failed),
+        minutes=seconds / 60,
+        versions=_versions_text(),
+    )
 
 
 def _figure(figures, name, text):
@@ -431,19 +421,19 @@ def format_verdict(example):
     )
 
 
-def _versions():
-    import platform
-
+def _versions_text():
+    found = versions()
+    backend = found["backend"]
     return (
-        f"keras {keras.__version__}, backend {keras.backend.backend()}, "
-        f"Python {platform.python_version()}, {os.cpu_count()} CPUs"
+        f"keras {found['keras']}, backend {backend} {found[backend]}, "
+        f"Python {found['python']}, {os.cpu_count()} CPUs"
     )
 
 
 TEMPLATE = """\
 # Reproduction report
 
-Written by `make reproduce` (`python -m keras_seqnorm.analysis.report`) in
+Written by `make reproduce` (`keras-seqnorm reproduce`) in
 {minutes:.1f} minutes ({versions}; a rerun reuses the finished training
 runs in its `--run-dir`). Everything here runs offline on
 scikit-learn's bundled 8x8 `digits` (1,797 images), not on the paper's
@@ -508,8 +498,3 @@ predictiveness is ||g(theta) − g(theta − eta·g)||₂. One seed per norm.
 {failed}
 """
 
-
-if __name__ == "__main__":
-    from keras_seqnorm.cli import exit_status
-
-    sys.exit(exit_status(main()))

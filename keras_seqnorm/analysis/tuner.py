@@ -5,26 +5,53 @@ g_M for which the network performs well (amongst similarly performing
 models, select the one with the lowest variance), and finally tuning G_C
 with g_M", `|G_M| + |G_C|` trials instead of the grid's `|G_M| x |G_C|`.
 
-`keras-seqnorm tune [train flags] --groups-m 1,2,4,8 --groups-c 1,2,4,8
---search sequential|grid --run-dir DIR` runs the search on KerasTuner
+```python
+from keras_seqnorm.analysis import tune, training_objective
+
+summary = tune(training_objective(dataset="digits", epochs=3), "runs/tune",
+               groups_m=(2, 4), groups_c=(2, 4), seeds=(0, 1))
+summary["best"]
+```
+
+`tune(objective_fn, run_dir, ...)` runs the search on KerasTuner
 (`DIR/keras_tuner/`, resumed when rerun), writes `DIR/tune.json` and prints
-a table. Each trial trains one model per seed and scores the mean
+a table; `training_objective(**recipe)` scores a trial by training the
+recipe. Each trial trains one model per seed and scores the mean
 validation accuracy. A trial with a run that stopped on a non-finite loss or
-failed is a failed trial: it is not scored, `tune.json` lists the run
-(`failed_runs`), and the command exits with status 1.
+failed is a failed trial: it is not scored and `tune.json` lists the run
+(`failed_runs`). `keras-seqnorm tune [train flags] --groups-m 1,2,4,8
+--groups-c 1,2,4,8 --search sequential|grid --run-dir DIR` parses its flags
+and calls both (and exits with status 1 when a run failed).
 """
 
-import argparse
 import json
 import os
 import sys
 
 import keras_tuner
-import numpy as np
+
+from keras_seqnorm import validation
+from keras_seqnorm.norms import GROUP_COUNTS
+from keras_seqnorm.training import trainer
+from keras_seqnorm.training.config import ConfigError
+from keras_seqnorm.training.config import make_config
+from keras_seqnorm.training.config import resolve_data_fields
+from keras_seqnorm.utils import format_failures
+from keras_seqnorm.utils import mean_and_std
+from keras_seqnorm.utils import write_json
 
 GHOST = "ghost"
 SEQUENTIAL = "sequential"
 SEARCHES = ("sequential", "grid")
+DEFAULT_GROUPS = (1, 2, 4, 8)
+DEFAULT_TOLERANCE = 0.005
+# The search `tune` runs unless told otherwise.
+DEFAULT_SEARCH = {
+    "groups_m": DEFAULT_GROUPS,
+    "groups_c": DEFAULT_GROUPS,
+    "search": SEARCHES[0],
+    "tolerance": DEFAULT_TOLERANCE,
+}
 OBJECTIVE = "val_accuracy"
 _DONE = (
     keras_tuner.engine.trial.TrialStatus.COMPLETED,
@@ -52,20 +79,9 @@ class RunFailed(Exception):
 
 
 def _check_groups(name, values):
-    values = list(values)
-    if (
-        not values
-        or len(set(values)) != len(values)
-        or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 1
-            for v in values
-        )
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be a non-empty list of distinct "
-            f"positive integers. Received: {name}={values}"
-        )
-    return values
+    return list(validation.positive_ints(
+        name, list(values), distinct=True, error=ConfigError
+    ))
 
 
 def select_groups_m(results, tolerance):
@@ -112,20 +128,13 @@ class SequentialNormOracle(keras_tuner.Oracle):
         **kwargs: Passed to `keras_tuner.Oracle`.
     """
 
-    def __init__(self, groups_m=(1, 2, 4, 8), groups_c=(1, 2, 4, 8),
-                 search="sequential", tolerance=0.005, **kwargs):
+    def __init__(self, groups_m=DEFAULT_GROUPS, groups_c=DEFAULT_GROUPS,
+                 search="sequential", tolerance=DEFAULT_TOLERANCE, **kwargs):
         groups_m = _check_groups("groups_m", groups_m)
         groups_c = _check_groups("groups_c", groups_c)
-        if search not in SEARCHES:
-            raise ValueError(
-                f"Argument `search` must be one of {SEARCHES}. "
-                f"Received: search={search!r}"
-            )
-        if not tolerance >= 0:
-            raise ValueError(
-                "Argument `tolerance` must be non-negative. "
-                f"Received: tolerance={tolerance}"
-            )
+        validation.choice("search", search, SEARCHES, ConfigError)
+        validation.number("tolerance", tolerance, low=0.0,
+                          error=ConfigError)
         hp = keras_tuner.HyperParameters()
         hp.Choice("norm", [GHOST, SEQUENTIAL])
         hp.Choice("groups_m", groups_m)
@@ -251,21 +260,16 @@ class NormTuner(keras_tuner.Tuner):
                 failed.append({"seed": seed, "run_dir": error.run_dir,
                                "status": error.status, "error": error.error})
                 break
-        with open(os.path.join(trial_dir, "seeds.json"), "w") as f:
-            json.dump({"seeds": list(self.seeds), OBJECTIVE: scores,
-                       "failed": failed}, f)
+        write_json(os.path.join(trial_dir, "seeds.json"),
+                   {"seeds": list(self.seeds), OBJECTIVE: scores,
+                    "failed": failed}, indent=None)
         if failed:
             raise keras_tuner.errors.FailedTrialError(
                 f"seed {failed[0]['seed']}: {failed[0]['status']} "
                 f"({failed[0]['run_dir']})"
             )
-        return {
-            OBJECTIVE: float(np.mean(scores)),
-            # Sample standard deviation, as `keras-seqnorm compare`.
-            "val_accuracy_std": (
-                float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0
-            ),
-        }
+        mean, std = mean_and_std(scores)
+        return {OBJECTIVE: mean, "val_accuracy_std": std}
 
     def summary(self):
         """`{"trials": [...], "best": {...}, "failed": [...]}` for
@@ -322,8 +326,9 @@ def format_table(summary):
     return "\n".join(lines)
 
 
-def tune(objective_fn, run_dir, groups_m=(1, 2, 4, 8), groups_c=(1, 2, 4, 8),
-         search="sequential", tolerance=0.005, seeds=(0,), settings=None,
+def tune(objective_fn, run_dir, groups_m=DEFAULT_GROUPS,
+         groups_c=DEFAULT_GROUPS, search="sequential",
+         tolerance=DEFAULT_TOLERANCE, seeds=(0,), settings=None,
          overwrite=False, verbose=0):
     """Runs (or resumes) a search and writes `run_dir/tune.json`.
 
@@ -360,27 +365,14 @@ def tune(objective_fn, run_dir, groups_m=(1, 2, 4, 8), groups_c=(1, 2, 4, 8),
         tolerance=tolerance,
     )
     os.makedirs(run_dir, exist_ok=True)
-    expected = {
+    _claim(run_dir, overwrite, {
         "groups_m": oracle.groups_m,
         "groups_c": oracle.groups_c,
         "search": search,
         "tolerance": tolerance,
         "seeds": seeds,
         "settings": settings,
-    }
-    settings_path = os.path.join(run_dir, "tune_settings.json")
-    if not overwrite and os.path.exists(settings_path):
-        with open(settings_path) as f:
-            found = json.load(f)
-        if found != json.loads(json.dumps(expected)):
-            raise ValueError(
-                "Argument `run_dir` holds a search with other settings "
-                f"({found}, not {expected}): pass `overwrite=True` "
-                "(`--overwrite`) or use another run directory. "
-                f"Received: run_dir={run_dir!r}"
-            )
-    with open(settings_path, "w") as f:
-        json.dump(expected, f, indent=2)
+    })
     tuner = NormTuner(
         oracle,
         objective_fn,
@@ -389,175 +381,96 @@ def tune(objective_fn, run_dir, groups_m=(1, 2, 4, 8), groups_c=(1, 2, 4, 8),
         project_name="keras_tuner",
         overwrite=overwrite,
     )
-    tuner.search(verbose=verbose)
+    try:
+        tuner.search(verbose=verbose)
+    except _Abort as abort:
+        raise abort.error from None
     summary = tuner.summary()
-    with open(os.path.join(run_dir, "tune.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(run_dir, "tune.json"), summary)
     print(format_table(summary))
     if summary["failed"]:
-        print(
-            "failed runs, not scored: " + "; ".join(
-                f"trial {run['trial_id']} seed {run['seed']} "
-                f"({run['status']}, {run['run_dir']})"
-                for run in summary["failed"]
-            ),
-            file=sys.stderr,
-        )
+        print(format_failures(summary["failed"], "not scored"),
+              file=sys.stderr)
     return summary
 
 
-def _ints(text):
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected integers separated by commas (e.g. 1,2,4,8). "
-            f"Received: {text!r}"
-        ) from None
+def _claim(run_dir, overwrite, expected):
+    """Writes the search's settings to `run_dir/tune_settings.json`, unless
+    the directory holds a search with other settings (and not
+    `overwrite`)."""
+    path = os.path.join(run_dir, "tune_settings.json")
+    if not overwrite and os.path.exists(path):
+        with open(path) as f:
+            found = json.load(f)
+        if found != json.loads(json.dumps(expected)):
+            raise ConfigError(
+                "Argument `run_dir` holds a search with other settings "
+                f"({found}, not {expected}): pass `overwrite=True` "
+                "(`--overwrite`) or use another run directory. "
+                f"Received: run_dir={run_dir!r}"
+            )
+    write_json(path, expected)
 
 
 class _Abort(keras_tuner.errors.FatalError):
-    """Stops the search for a configuration that cannot run."""
+    """Stops the search for a configuration that cannot run; `tune` raises
+    `error` again."""
+
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
 
 
-def build_parser():
-    """The flags of `keras-seqnorm train` (but those a trial sets: `--norm`,
-    `--groups-m`, `--groups-c`, `--seed`, `--run-dir`) plus the tuner's."""
-    from keras_seqnorm.training.config import build_parser as train_parser
+def training_objective(**recipe):
+    """The objective of `tune` that trains `recipe` for each trial.
 
-    parser = train_parser(
-        prog="keras-seqnorm tune",
-        description=__doc__.split("\n")[0],
-        exclude=("norm", "groups_m", "groups_c", "seed", "run_dir"),
-    )
-    group = parser.add_argument_group("tuning")
-    group.add_argument(
-        "--groups-m", dest="tune_groups_m", type=_ints, default=[1, 2, 4, 8],
-        metavar="LIST",
-        help="G_M values (default: 1,2,4,8).",
-    )
-    group.add_argument(
-        "--groups-c", dest="tune_groups_c", type=_ints, default=[1, 2, 4, 8],
-        metavar="LIST",
-        help="G_C values (default: 1,2,4,8).",
-    )
-    group.add_argument(
-        "--search", choices=SEARCHES, default="sequential",
-        help="sequential: GhostNorm over G_M, then SeqNorm over G_C at the "
-        "selected G_M (|G_M| + |G_C| trials); grid: SeqNorm over every "
-        "pair (|G_M| x |G_C|). Default: sequential.",
-    )
-    group.add_argument(
-        "--tolerance", type=float, default=0.005,
-        help="A G_M performs well within this much validation accuracy "
-        "(a fraction) of the best; the largest such G_M is selected "
-        "(default: 0.005).",
-    )
-    group.add_argument(
-        "--seeds", type=int, default=1, metavar="N",
-        help="Training runs per trial, seeds 0..N-1; the trial scores "
-        "their mean validation accuracy (default: 1).",
-    )
-    group.add_argument(
-        "--run-dir", dest="tune_dir", default=None, metavar="DIR",
-        help="Output directory: tune.json, tune_settings.json and the "
-        "KerasTuner project keras_tuner/ with each trial's training runs "
-        "(default: runs/tune/MODEL-DATASET-ID, ID a hash of the flags). "
-        "Rerun the command to resume.",
-    )
-    group.add_argument(
-        "--overwrite", action=argparse.BooleanOptionalAction, default=False,
-        help="Discard an earlier search in --run-dir instead of resuming.",
-    )
-    return parser
+    A trial's `norm`, `groups_m`, `groups_c`, and the seed and run
+    directory of each of its runs, are set over `recipe`; the score is the
+    run's final validation accuracy.
 
-
-def main(argv=None):
-    """`keras-seqnorm tune [train flags] --groups-m ... --groups-c ...
-    --search sequential|grid --run-dir DIR`.
+    Args:
+        **recipe: `Config` field values shared by the trials (`preset`,
+            `dataset`, `model`, `epochs`, ...; not `norm`, `groups_m`,
+            `groups_c`, `seed` or `run_dir`). It must keep a validation
+            split (`validation_size` > 0).
 
     Returns:
-        The summary written to `DIR/tune.json` (see `tune`). The console
-        script exits with status 1 when a run failed.
+        A function `(values, seed, run_dir) -> val_accuracy` that raises
+        `RunFailed` for a run that did not complete, and stops the search
+        (`tune` raises the `ConfigError`) for a configuration that cannot
+        run.
+
+    Raises:
+        ConfigError: for a recipe that cannot be tuned.
     """
-    from keras_seqnorm.training import train
-    from keras_seqnorm.training.config import EXECUTION_FIELDS
-    from keras_seqnorm.training.config import ConfigError
-    from keras_seqnorm.training.config import config_from_namespace
-    from keras_seqnorm.training.config import default_run_dir
-    from keras_seqnorm.training.config import run_id
-    from keras_seqnorm.training.data import resolve_data_fields
-
-    parser = build_parser()
-    namespace = parser.parse_args(argv)
-    if namespace.seeds < 1:
-        parser.error(
-            "Argument `seeds` must be a positive integer. "
-            f"Received: seeds={namespace.seeds}"
-        )
-
-    def config_of(values, seed, run_dir):
-        return config_from_namespace(
-            namespace,
-            norm=values["norm"],
-            groups_m=values["groups_m"],
-            groups_c=values.get("groups_c"),
-            seed=seed,
-            run_dir=run_dir,
+    for name in ("norm", *GROUP_COUNTS, "seed", "run_dir"):
+        if name in recipe:
+            validation.fail(name, "set by tune, not in the recipe",
+                            recipe[name], ConfigError)
+    probe = resolve_data_fields(make_config(recipe, norm=GHOST))
+    if probe.validation_size == 0:
+        raise ConfigError(
+            "Argument `validation_size` must be positive to tune: with "
+            "0 the trials would be scored on the test split. "
+            "Received: validation_size=0"
         )
 
     def objective(values, seed, run_dir):
+        config = make_config(
+            recipe, norm=values["norm"], groups_m=values["groups_m"],
+            groups_c=values.get("groups_c"), seed=seed, run_dir=run_dir,
+        )
         try:
-            results = train.run(config_of(values, seed, run_dir))
+            results = trainer.train(config)
         except ConfigError as error:
-            raise _Abort(str(error)) from error
+            raise _Abort(error) from error
         except Exception as error:  # Recorded in the run's results.json.
             raise RunFailed(
-                run_dir, train.FAILED, f"{type(error).__name__}: {error}"
+                run_dir, trainer.FAILED, f"{type(error).__name__}: {error}"
             ) from None
-        status = results.get("status", train.COMPLETED)
-        if status != train.COMPLETED:
+        status = results.get("status", trainer.COMPLETED)
+        if status != trainer.COMPLETED:
             raise RunFailed(run_dir, status)
         return results["final"][OBJECTIVE]
 
-    try:
-        probe = resolve_data_fields(
-            config_of({"norm": GHOST, "groups_m": 1}, 0, None)
-        )
-        if probe.validation_size == 0:
-            raise ConfigError(
-                "Argument `validation_size` must be positive to tune: with "
-                "0 the trials would be scored on the test split. "
-                "Received: validation_size=0"
-            )
-        flags = {
-            key: value for key, value in vars(namespace).items()
-            if key not in ("overwrite", "tune_dir", *EXECUTION_FIELDS)
-        }
-        flags = json.loads(json.dumps(flags))
-        tune_dir = namespace.tune_dir or default_run_dir(
-            "tune", probe.model, probe.dataset, run_id({"flags": flags})
-        )
-        print(f"keras-seqnorm tune: run directory {tune_dir}", flush=True)
-        return tune(
-            objective,
-            tune_dir,
-            groups_m=namespace.tune_groups_m,
-            groups_c=namespace.tune_groups_c,
-            search=namespace.search,
-            tolerance=namespace.tolerance,
-            seeds=range(namespace.seeds),
-            settings={"flags": flags},
-            overwrite=namespace.overwrite,
-            verbose=getattr(namespace, "verbose", 1),
-        )
-    except _Abort as error:
-        parser.error(str(error))
-    except ValueError as error:
-        parser.error(str(error))
-
-
-if __name__ == "__main__":
-    from keras_seqnorm.cli import exit_status
-
-    sys.exit(exit_status(main()))
+    return objective

@@ -16,32 +16,42 @@ model = keras_seqnorm.models.WideResNet(
 )
 model = keras_seqnorm.models.get_model("resnet56", norm="ghost")
 ```
+
+The builders are imported on first use: the names of `MODELS` need no
+Keras.
 """
 
-import functools
-
-from keras_seqnorm.models.resnet import ResNet18
-from keras_seqnorm.models.resnet import ResNet34
-from keras_seqnorm.models.resnet import ResNet50
-from keras_seqnorm.models.resnet_cifar import ResNetCIFAR
-from keras_seqnorm.models.simple_cnn import SimpleCNN
-from keras_seqnorm.models.simple_net import SimpleNet
-from keras_seqnorm.models.wide_resnet import WideResNet
 from keras_seqnorm.norms import canonical_name
+from keras_seqnorm.utils import LazyRegistry
+from keras_seqnorm.utils import lazy_attributes
 
-MODELS = {
-    "wrn28_10": functools.partial(WideResNet, depth=28, width=10),
-    "wrn16_4": functools.partial(WideResNet, depth=16, width=4),
-    "resnet20": functools.partial(ResNetCIFAR, depth=20),
-    "resnet56": functools.partial(ResNetCIFAR, depth=56),
-    "resnet110": functools.partial(ResNetCIFAR, depth=110),
-    "resnet18": ResNet18,
-    "resnet34": ResNet34,
-    "resnet50": ResNet50,
-    "simplenet": SimpleNet,
-    "simplecnn": SimpleCNN,
+_BUILDERS = {
+    "ResNet18": "keras_seqnorm.models.resnet:ResNet18",
+    "ResNet34": "keras_seqnorm.models.resnet:ResNet34",
+    "ResNet50": "keras_seqnorm.models.resnet:ResNet50",
+    "ResNetCIFAR": "keras_seqnorm.models.resnet_cifar:ResNetCIFAR",
+    "SimpleCNN": "keras_seqnorm.models.simple_cnn:SimpleCNN",
+    "SimpleNet": "keras_seqnorm.models.simple_net:SimpleNet",
+    "WideResNet": "keras_seqnorm.models.wide_resnet:WideResNet",
 }
-"""Model names for `get_model` -> builders. `resnet20/56/110` are the CIFAR
+__getattr__, __dir__ = lazy_attributes(__name__, _BUILDERS)
+
+MODELS = LazyRegistry(
+    {
+        "wrn28_10": (_BUILDERS["WideResNet"], {"depth": 28, "width": 10}),
+        "wrn16_4": (_BUILDERS["WideResNet"], {"depth": 16, "width": 4}),
+        "resnet20": (_BUILDERS["ResNetCIFAR"], {"depth": 20}),
+        "resnet56": (_BUILDERS["ResNetCIFAR"], {"depth": 56}),
+        "resnet110": (_BUILDERS["ResNetCIFAR"], {"depth": 110}),
+        "resnet18": _BUILDERS["ResNet18"],
+        "resnet34": _BUILDERS["ResNet34"],
+        "resnet50": _BUILDERS["ResNet50"],
+        "simplenet": _BUILDERS["SimpleNet"],
+        "simplecnn": _BUILDERS["SimpleCNN"],
+    }
+)
+"""Model names for `get_model` -> builders (a read-only mapping whose
+builders are imported on first lookup). `resnet20/56/110` are the CIFAR
 ResNets, `resnet18/34/50` the ImageNet ones."""
 
 

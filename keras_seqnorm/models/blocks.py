@@ -13,6 +13,7 @@ from typing import Callable
 
 import keras
 
+from keras_seqnorm import validation
 from keras_seqnorm.norms import get_norm_layer
 
 # The builder passes these to the norm factory itself.
@@ -36,32 +37,6 @@ class BlockConfig:
     @property
     def channel_axis(self):
         return -1 if self.data_format == "channels_last" else 1
-
-
-def check_positive_int(name, value):
-    """Raises a `ValueError` unless `value` is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Argument `{name}` must be a positive integer. "
-            f"Received: {name}={value!r}"
-        )
-
-
-def check_positive_ints(name, values):
-    """Raises a `ValueError` unless `values` is a non-empty sequence of
-    positive integers."""
-    if (
-        not isinstance(values, (list, tuple))
-        or not values
-        or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < 1
-            for v in values
-        )
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be a non-empty tuple of positive "
-            f"integers. Received: {name}={values!r}"
-        )
 
 
 @functools.cache
@@ -119,7 +94,7 @@ def resolve_config(num_classes, classifier_activation, norm, norm_kwargs,
     Returns:
         A `BlockConfig`.
     """
-    check_positive_int("num_classes", num_classes)
+    validation.positive_int("num_classes", num_classes)
     # Raises a ValueError for an unknown activation.
     keras.activations.get(classifier_activation)
     if norm_kwargs is None:

@@ -2,10 +2,10 @@
 
 import keras
 
+from keras_seqnorm import validation
 from keras_seqnorm.models.blocks import apply_basic_block
 from keras_seqnorm.models.blocks import apply_classifier
 from keras_seqnorm.models.blocks import apply_conv_norm_relu
-from keras_seqnorm.models.blocks import check_positive_int
 from keras_seqnorm.models.blocks import resolve_config
 from keras_seqnorm.models.blocks import resolve_image_shape
 
@@ -59,7 +59,7 @@ def ResNetCIFAR(
 
     >>> model = ResNetCIFAR(56, norm="ghost", norm_kwargs={"groups_m": 4})
     """
-    check_positive_int("depth", depth)
+    validation.positive_int("depth", depth)
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(
             "Argument `depth` must be 6 * n + 2 with n >= 1 (8, 20, 32, 44, "

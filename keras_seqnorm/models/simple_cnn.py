@@ -2,9 +2,9 @@
 
 import keras
 
+from keras_seqnorm import validation
 from keras_seqnorm.models.blocks import apply_classifier
 from keras_seqnorm.models.blocks import apply_conv_norm_relu
-from keras_seqnorm.models.blocks import check_positive_ints
 from keras_seqnorm.models.blocks import resolve_config
 from keras_seqnorm.models.blocks import resolve_image_shape
 
@@ -52,7 +52,7 @@ def SimpleCNN(
 
     >>> model = SimpleCNN(input_shape=(8, 8, 1), norm="sequential")
     """
-    check_positive_ints("filters", filters)
+    validation.positive_ints("filters", filters)
     config = resolve_config(
         num_classes, classifier_activation, norm, norm_kwargs, data_format,
         dtype,

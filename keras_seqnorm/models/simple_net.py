@@ -4,10 +4,10 @@ import dataclasses
 
 import keras
 
+from keras_seqnorm import validation
 from keras_seqnorm.models.blocks import apply_norm
 from keras_seqnorm.models.blocks import apply_predictions
 from keras_seqnorm.models.blocks import apply_relu
-from keras_seqnorm.models.blocks import check_positive_ints
 from keras_seqnorm.models.blocks import resolve_config
 
 
@@ -58,13 +58,13 @@ def SimpleNet(
 
     >>> model = SimpleNet(norm="ghost", norm_kwargs={"groups_m": 64})
     """
-    check_positive_ints("hidden", hidden)
+    validation.positive_ints("hidden", hidden)
     # `data_format` only orders the flattened features: no convolution.
     config = resolve_config(
         num_classes, classifier_activation, norm, norm_kwargs, data_format,
         dtype, convolutional=False,
     )
-    check_positive_ints("input_shape", input_shape)
+    validation.positive_ints("input_shape", input_shape)
     inputs = keras.Input(shape=tuple(input_shape), name="inputs")
     x = keras.layers.Flatten(
         data_format=config.data_format, name="flatten", dtype=config.dtype

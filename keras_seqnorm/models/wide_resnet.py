@@ -2,12 +2,12 @@
 
 import keras
 
+from keras_seqnorm import validation
 from keras_seqnorm.models.blocks import apply_classifier
 from keras_seqnorm.models.blocks import apply_conv
 from keras_seqnorm.models.blocks import apply_norm
 from keras_seqnorm.models.blocks import apply_relu
 from keras_seqnorm.models.blocks import apply_wide_block
-from keras_seqnorm.models.blocks import check_positive_int
 from keras_seqnorm.models.blocks import resolve_config
 from keras_seqnorm.models.blocks import resolve_image_shape
 
@@ -68,22 +68,15 @@ def WideResNet(
 
     >>> model = WideResNet(28, 10, num_classes=100, norm="sequential")
     """
-    check_positive_int("depth", depth)
+    validation.positive_int("depth", depth)
     if (depth - 4) % 6 or depth < 10:
         raise ValueError(
             "Argument `depth` must be 6 * n + 4 with n >= 1 (10, 16, 22, "
             f"28, ...). Received: depth={depth}"
         )
-    check_positive_int("width", width)
-    if (
-        isinstance(dropout_rate, bool)
-        or not isinstance(dropout_rate, (int, float))
-        or not 0 <= dropout_rate < 1
-    ):
-        raise ValueError(
-            "Argument `dropout_rate` must be a float in [0, 1). "
-            f"Received: dropout_rate={dropout_rate!r}"
-        )
+    validation.positive_int("width", width)
+    validation.number("dropout_rate", dropout_rate, low=0.0, high=1.0,
+                      high_open=True)
     config = resolve_config(
         num_classes, classifier_activation, norm, norm_kwargs, data_format,
         dtype,

@@ -16,9 +16,13 @@ Cutout square hold the data set's mean): `pad_and_crop`, `random_flip`,
 
 RandAugment. `randaugment_fn` applies the policy of
 `keras_cv.layers.RandAugment` (its ten operations, `rate=10/11` standing
-for the paper's identity operation, no magnitude noise), written here with
-stateless random draws: keras-cv draws from stateful generators, which
-neither a seed per image nor a resumed run can set.
+for the paper's identity operation, no magnitude noise): keras-cv's own
+layers (`RandAugment.get_standard_policy`) transform the image, through
+their public `augment_images(images, transformations)`, with parameters
+drawn here by stateless random ops. keras-cv's own draws come from
+stateful generators, which neither a seed per image nor a resumed run can
+set; everything else is keras-cv's code. The layers are plain TensorFlow
+inside `tf.data` on every Keras backend.
 
 RandAugment's magnitude. The RandAugment paper (Cubuk et al., 2019) and the
 SeqNorm paper (Appendix C: N in {1, 2}, M in {2, 6, 10, 14}) give M on the
@@ -34,7 +38,12 @@ there, 0.33 here; shear 0.30 and 0.33), keeps the paper's grid distinct
 `[0, 30]`.
 """
 
+import functools
+
 import tensorflow as tf
+
+from keras_seqnorm import validation
+from keras_seqnorm.training.config import ConfigError
 
 RANDAUGMENT_MAX_MAGNITUDE = 30
 # keras-cv's RandAugment default: each of the N operations is applied with
@@ -47,11 +56,7 @@ SOLARIZE_MAX_ADDITION = 110.0
 def randaugment_magnitude(m):
     """keras-cv `magnitude` for the paper's RandAugment magnitude `m` in
     `[0, 30]`: `m / 30`."""
-    if not 0 <= m <= RANDAUGMENT_MAX_MAGNITUDE:
-        raise ValueError(
-            "Argument `m` must be in [0, 30]. "
-            f"Received: m={m}"
-        )
+    validation.number("m", m, low=0, high=RANDAUGMENT_MAX_MAGNITUDE)
     return m / RANDAUGMENT_MAX_MAGNITUDE
 
 
@@ -66,48 +71,87 @@ def _uniform(seed, low, high):
 
 
 # RandAugment's operations on one RGB float32 image `(H, W, 3)` in
-# [0, 255]: each is `apply(image, parameter)`, and `draw(seed, strength)`
-# gives its random parameter at keras-cv magnitude `strength`, as
+# [0, 255]: each is `apply(image, parameter)`, keras-cv's layer given the
+# parameter as its transformation, and `draw(seed, strength)` gives its
+# random parameter at keras-cv magnitude `strength`, as
 # keras_cv.layers.RandAugment.get_standard_policy configures its layers.
+
+@functools.cache
+def keras_cv_operations():
+    """The `augment_images` of keras-cv's RandAugment layers
+    (`RandAugment.get_standard_policy` on `[0, 255]` images, created once
+    in float32) by class name. The two `RandomShear` (x, y) and the two
+    `RandomTranslation` layers differ only in how they draw; given a
+    transformation, either applies it.
+
+    Each is converted by AutoGraph here: keras-cv's code branches in Python
+    on tensors, and `tf.cond` and `tf.switch_case` do not convert the
+    functions they call.
+
+    Raises:
+        ConfigError: when keras-cv is not installed.
+    """
+    try:
+        import keras_cv
+    except ImportError:
+        raise ConfigError(
+            "RandAugment needs keras-cv: pip install 'keras-seqnorm[train]'."
+            " Received: randaugment=(N, M)"
+        ) from None
+    import keras
+
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        layers = keras_cv.layers.RandAugment.get_standard_policy(
+            value_range=(0, 255), magnitude=0.5, magnitude_stddev=0.0
+        )
+    finally:
+        keras.config.set_dtype_policy(policy)
+    return {
+        type(layer).__name__: functools.partial(
+            tf.autograph.to_graph(type(layer).augment_images), layer
+        )
+        for layer in layers
+    }
+
+
+def _apply(name, image, transformation=None):
+    augment_images = keras_cv_operations()[name]
+    return augment_images(image[None], transformation)[0]
+
+
+def _per_image(value):
+    """A scalar parameter as keras-cv's per-image transformation."""
+    return tf.reshape(tf.cast(value, tf.float32), (1, 1, 1, 1))
+
+
+def _per_axis(value):
+    """A scalar parameter as keras-cv's per-image, per-axis one."""
+    return tf.reshape(tf.cast(value, tf.float32), (1, 1))
 
 
 def auto_contrast(image, _=None):
     """keras-cv `AutoContrast`: stretches each channel to [0, 255]; a
     constant channel is kept."""
-    low = tf.reduce_min(image, axis=(0, 1), keepdims=True)
-    high = tf.reduce_max(image, axis=(0, 1), keepdims=True)
-    scale = 255.0 / (high - low)
-    result = tf.clip_by_value(image * scale + (-low * scale), 0.0, 255.0)
-    return tf.where(tf.math.is_nan(result), image, result)
-
-
-def _equalize_channel(channel):
-    histogram = tf.histogram_fixed_width(channel, [0, 255], nbins=256)
-    nonzero = tf.where(tf.equal(histogram, 0), tf.int32.max, histogram)
-    step = (tf.reduce_sum(histogram) - tf.reduce_min(nonzero)) // 255
-    safe_step = tf.maximum(step, 1)
-    table = (tf.cumsum(histogram) + safe_step // 2) // safe_step
-    table = tf.clip_by_value(tf.concat([[0], table[:-1]], 0), 0, 255)
-    return tf.where(tf.equal(step, 0), channel, tf.gather(table, channel))
+    return _apply("AutoContrast", image)
 
 
 def equalize(image, _=None):
     """keras-cv `Equalization`: histogram equalization of each channel
     (PIL's `ImageOps.equalize`), on the pixel values truncated to
     integers."""
-    pixels = tf.cast(image, tf.int32)
-    channels = [
-        _equalize_channel(pixels[..., c]) for c in range(image.shape[-1])
-    ]
-    return tf.cast(tf.stack(channels, axis=-1), image.dtype)
+    return _apply("Equalization", image)
 
 
 def solarize(image, parameters):
     """keras-cv `Solarization`: adds `addition`, clips to [0, 255], and
     inverts the pixels at or above `threshold`."""
     addition, threshold = parameters
-    result = tf.clip_by_value(image + addition, 0.0, 255.0)
-    return tf.where(result < threshold, result, 255.0 - result)
+    return _apply("Solarization", image, {
+        "additions": _per_image(addition),
+        "thresholds": _per_image(threshold),
+    })
 
 
 def _solarize_parameters(seed, strength):
@@ -120,55 +164,48 @@ def _solarize_parameters(seed, strength):
 def color(image, factor):
     """keras-cv `RandomColorDegeneration`: blends towards the grayscale
     image by `factor`."""
-    gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
-    return tf.clip_by_value(image + factor * (gray - image), 0.0, 255.0)
+    return _apply("RandomColorDegeneration", image, _per_image(factor))
 
 
 def contrast(image, factor):
     """keras-cv `RandomContrast`: scales each channel's deviations from its
     mean by `factor`."""
-    mean = tf.reduce_mean(image, axis=(0, 1), keepdims=True)
-    return tf.clip_by_value((image - mean) * factor + mean, 0.0, 255.0)
+    return _apply("RandomContrast", image, _per_image(factor))
 
 
 def brightness(image, delta):
     """keras-cv `RandomBrightness`: adds `delta` (in pixel values)."""
-    return tf.clip_by_value(image + delta, 0.0, 255.0)
-
-
-def _projective(image, transform):
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None],
-        transforms=tf.reshape(tf.cast(transform, tf.float32), (1, 8)),
-        output_shape=tf.shape(image)[:2],
-        fill_value=0.0,
-        fill_mode="REFLECT",
-        interpolation="BILINEAR",
-    )[0]
+    return _apply("RandomBrightness", image, _per_image(delta))
 
 
 def shear_x(image, amount):
     """keras-cv `RandomShear(x_factor=...)`: `x += amount * y`, reflecting
     at the borders, bilinear."""
-    return _projective(image, [1.0, amount, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    return _apply("RandomShear", image,
+                  {"shear_x": _per_axis(amount), "shear_y": None})
 
 
 def shear_y(image, amount):
     """keras-cv `RandomShear(y_factor=...)`: `y += amount * x`."""
-    return _projective(image, [1.0, 0.0, 0.0, amount, 1.0, 0.0, 0.0, 0.0])
+    return _apply("RandomShear", image,
+                  {"shear_x": None, "shear_y": _per_axis(amount)})
 
 
 def translate_x(image, fraction):
     """keras-cv `RandomTranslation(width_factor=...)`: shifts by `fraction`
     of the width, reflecting at the borders."""
-    shift = fraction * tf.cast(tf.shape(image)[1], tf.float32)
-    return _projective(image, [1.0, 0.0, -shift, 0.0, 1.0, 0.0, 0.0, 0.0])
+    return _apply("RandomTranslation", image, {
+        "height_translations": _per_axis(0.0),
+        "width_translations": _per_axis(fraction),
+    })
 
 
 def translate_y(image, fraction):
     """keras-cv `RandomTranslation(height_factor=...)`."""
-    shift = fraction * tf.cast(tf.shape(image)[0], tf.float32)
-    return _projective(image, [1.0, 0.0, 0.0, 0.0, 1.0, -shift, 0.0, 0.0])
+    return _apply("RandomTranslation", image, {
+        "height_translations": _per_axis(fraction),
+        "width_translations": _per_axis(0.0),
+    })
 
 
 def _fixed(value):

@@ -39,6 +39,8 @@ import keras
 import numpy as np
 
 from keras_seqnorm.training.config import ConfigError
+from keras_seqnorm.utils import current_learning_rate
+from keras_seqnorm.utils import write_json
 
 BACKUP_DIR = "backup"
 METADATA_FILE = "training_metadata.json"
@@ -73,11 +75,7 @@ class EpochStats(keras.callbacks.Callback):
         train_end = self._train_end or end
         logs["train_seconds"] = train_end - self._begin
         logs["epoch_seconds"] = end - self._begin
-        optimizer = self.model.optimizer
-        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-        logs["learning_rate"] = float(
-            keras.ops.convert_to_numpy(optimizer.learning_rate)
-        )
+        logs["learning_rate"] = current_learning_rate(self.model.optimizer)
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -133,13 +131,7 @@ def save_backup(model, backup_dir, epoch):
             for v in _seed_states(model)
         ],
     }
-    target = os.path.join(backup_dir, METADATA_FILE)
-    temporary = target + ".saving"
-    with open(temporary, "w") as file:
-        json.dump(metadata, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, target)
+    write_json(os.path.join(backup_dir, METADATA_FILE), metadata, indent=None)
     for other in os.listdir(backup_dir):
         if other.endswith(".weights.h5") and other != name:
             os.remove(os.path.join(backup_dir, other))

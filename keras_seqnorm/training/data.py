@@ -30,11 +30,13 @@ ImageNet's shuffled TFDS files).
 """
 
 import dataclasses
+import typing
 
 import numpy as np
 import tensorflow as tf
 
 from keras_seqnorm.training import augment
+from keras_seqnorm.training.config import DATASET_DEFAULTS
 from keras_seqnorm.training.config import ConfigError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -46,24 +48,17 @@ SHUFFLE_WINDOW = {"imagenet2012": 10_000}
 # Streams of stateless seeds per epoch: one per image, one per batch.
 _IMAGE_STREAM, _BATCH_STREAM, _SHUFFLE_STREAM = 0, 1, 2
 
-# Image side, default validation size, test split and per-channel
-# mean/std of the pixel values in [0, 255] (digits: from its training split).
-DATASET_DEFAULTS = {
-    "digits": (16, 180, None, None),
-    "mnist": (28, 5000, "test", ((33.32,), (78.57,))),
-    "cifar10": (
-        32, 5000, "test",
-        ((125.31, 122.95, 113.87), (62.99, 62.09, 66.70)),
-    ),
-    "cifar100": (
-        32, 5000, "test",
-        ((129.30, 124.07, 112.43), (68.17, 65.39, 70.42)),
-    ),
-    "imagenet2012": (
-        224, 0, "validation",
-        ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
-    ),
-}
+class _Source(typing.NamedTuple):
+    """A data set's splits before the pipelines: `train`, `validation` and
+    `test` as `(dataset of (image, label), size)`, the `num_classes`, the
+    image `channels` and the per-channel `(mean, std)` `stats`."""
+
+    train: tuple
+    validation: tuple
+    test: tuple
+    num_classes: int
+    channels: int
+    stats: tuple
 
 
 class DatasetUnavailableError(ConfigError):
@@ -129,21 +124,6 @@ class Data:
         return self.epoch_dataset(0)
 
 
-def resolve_data_fields(config):
-    """`config` with `image_size` and `validation_size` set to the data
-    set's defaults where they are `None`."""
-    size, validation, _, _ = DATASET_DEFAULTS[config.dataset]
-    return dataclasses.replace(
-        config,
-        image_size=size if config.image_size is None else config.image_size,
-        validation_size=(
-            validation
-            if config.validation_size is None
-            else config.validation_size
-        ),
-    )
-
-
 def stratified_split(labels, size, seed=SPLIT_SEED):
     """Splits indices into `(kept, held)` with `len(held) == size`.
 
@@ -204,14 +184,14 @@ def _digits(config):
 
     if config.validation_size == 0:
         validation = test
-    return {
-        "train": (source(train), len(train)),
-        "validation": (source(validation), len(validation)),
-        "test": (source(test), len(test)),
-        "num_classes": 10,
-        "channels": 1,
-        "stats": (mean, std),
-    }
+    return _Source(
+        train=(source(train), len(train)),
+        validation=(source(validation), len(validation)),
+        test=(source(test), len(test)),
+        num_classes=10,
+        channels=1,
+        stats=(mean, std),
+    )
 
 
 def _import_tfds(dataset):
@@ -240,7 +220,24 @@ def _missing_package(dataset, error, received):
     )
 
 
+def _where(config):
+    return (
+        f"--data-dir {config.data_dir}"
+        if config.data_dir
+        else "--data-dir (default ~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    )
+
+
+def _prepare_elsewhere(dataset):
+    return (
+        "prepare it where the internet is reachable (`tfds build "
+        f"{dataset} --data_dir DIR`) and point --data-dir at DIR. "
+    )
+
+
 def _tfds_builder(config):
+    """TensorFlow Datasets and the builder of `config.dataset`, prepared
+    (downloaded if allowed) in `config.data_dir`."""
     dataset = config.dataset
     tfds = _import_tfds(dataset)
     received = f"Received: data_dir={config.data_dir!r}"
@@ -250,25 +247,16 @@ def _tfds_builder(config):
             return tfds, builder
     except ImportError as error:
         raise _missing_package(dataset, error, received) from None
-    where = (
-        f"--data-dir {config.data_dir}"
-        if config.data_dir
-        else "--data-dir (default ~/tensorflow_datasets or $TFDS_DATA_DIR)"
-    )
-    prepare_elsewhere = (
-        "prepare it where the internet is reachable (`tfds build "
-        f"{dataset} --data_dir DIR`) and point --data-dir at DIR. "
-    )
+    where = _where(config)
     if not config.download:
         raise DatasetUnavailableError(
             f"The data set {dataset!r} is not prepared in {where} and "
             "--no-download forbids downloading it: drop --no-download (or "
             "give --download) to let TensorFlow Datasets download it, or "
-            + prepare_elsewhere
+            + _prepare_elsewhere(dataset)
             + received
         )
-    imagenet = dataset == "imagenet2012"
-    if imagenet and not config.manual_dir:
+    if dataset == "imagenet2012" and not config.manual_dir:
         raise DatasetUnavailableError(
             f"imagenet2012 is not prepared in {where}. TensorFlow Datasets "
             "cannot download it: give --manual-dir, the directory holding "
@@ -284,28 +272,33 @@ def _tfds_builder(config):
     except ImportError as error:
         raise _missing_package(dataset, error, received) from None
     except Exception as error:  # Whatever stopped it: one line, a way out.
-        reason = _one_line(error)
-        if imagenet:
-            way_out = (
-                f"imagenet2012 could not be prepared from --manual-dir "
-                f"{config.manual_dir} into {where} ({reason}). --manual-dir "
-                "must hold ILSVRC2012_img_train.tar and "
-                "ILSVRC2012_img_val.tar, and --data-dir must be writable. "
-            )
-        elif isinstance(error, OSError) and error.filename:
-            # A local file, not the network: requests' errors have none.
-            way_out = (
-                f"The data set {dataset!r} could not be written in {where} "
-                f"({reason}). Give --data-dir a directory you can write to. "
-            )
-        else:
-            way_out = (
-                f"The data set {dataset!r} is not prepared in {where} and "
-                f"could not be downloaded ({reason}). Check the network and "
-                "rerun, or " + prepare_elsewhere
-            )
-        raise DatasetUnavailableError(way_out + received) from None
+        raise DatasetUnavailableError(
+            _failed_preparation(config, error) + received
+        ) from None
     return tfds, builder
+
+
+def _failed_preparation(config, error):
+    """What went wrong preparing `config.dataset`, and the way out."""
+    dataset, where, reason = config.dataset, _where(config), _one_line(error)
+    if dataset == "imagenet2012":
+        return (
+            f"imagenet2012 could not be prepared from --manual-dir "
+            f"{config.manual_dir} into {where} ({reason}). --manual-dir "
+            "must hold ILSVRC2012_img_train.tar and "
+            "ILSVRC2012_img_val.tar, and --data-dir must be writable. "
+        )
+    if isinstance(error, OSError) and error.filename:
+        # A local file, not the network: requests' errors have none.
+        return (
+            f"The data set {dataset!r} could not be written in {where} "
+            f"({reason}). Give --data-dir a directory you can write to. "
+        )
+    return (
+        f"The data set {dataset!r} is not prepared in {where} and "
+        f"could not be downloaded ({reason}). Check the network and "
+        "rerun, or " + _prepare_elsewhere(dataset)
+    )
 
 
 def _labels(tfds, builder):
@@ -321,7 +314,7 @@ def _labels(tfds, builder):
 
 def _tfds(config):
     tfds, builder = _tfds_builder(config)
-    _, _, test_split, stats = DATASET_DEFAULTS[config.dataset]
+    defaults = DATASET_DEFAULTS[config.dataset]
 
     def split(name):
         dataset = builder.as_dataset(
@@ -330,7 +323,7 @@ def _tfds(config):
         return dataset, int(dataset.cardinality())
 
     train, train_size = split("train")
-    test, test_size = split(test_split)
+    test, test_size = split(defaults.test_split)
     validation, validation_size = test, test_size
     if config.validation_size:
         _check_validation_size(config, train_size)
@@ -352,14 +345,14 @@ def _tfds(config):
         train, validation = subset(False, len(kept)), subset(True, len(held))
         train_size, validation_size = len(kept), len(held)
     features = builder.info.features
-    return {
-        "train": (train, train_size),
-        "validation": (validation, validation_size),
-        "test": (test, test_size),
-        "num_classes": features["label"].num_classes,
-        "channels": features["image"].shape[-1],
-        "stats": stats,
-    }
+    return _Source(
+        train=(train, train_size),
+        validation=(validation, validation_size),
+        test=(test, test_size),
+        num_classes=features["label"].num_classes,
+        channels=features["image"].shape[-1],
+        stats=defaults.stats,
+    )
 
 
 def load_data(config):
@@ -381,7 +374,7 @@ def load_data(config):
     """
     batch_size = config.batch_size
     source = _digits(config) if config.dataset == "digits" else _tfds(config)
-    train, train_size = source["train"]
+    train, train_size = source.train
     steps = train_size // batch_size
     if steps < 1:
         raise ConfigError(
@@ -389,11 +382,11 @@ def load_data(config):
             f"training images of {config.dataset}. "
             f"Received: batch_size={batch_size}"
         )
-    channels = source["channels"]
-    mean, std = (np.asarray(s, np.float32) for s in source["stats"])
+    channels = source.channels
+    mean, std = (np.asarray(s, np.float32) for s in source.stats)
     imagenet = config.dataset == "imagenet2012"
     size = config.image_size
-    num_classes = source["num_classes"]
+    num_classes = source.num_classes
 
     def prepare(image, label):
         image = tf.cast(image, tf.float32)
@@ -418,8 +411,8 @@ def load_data(config):
         )
         return _with_options(dataset.prefetch(AUTOTUNE))
 
-    validation, validation_size = source["validation"]
-    test, test_size = source["test"]
+    validation, validation_size = source.validation
+    test, test_size = source.test
     return Data(
         epoch_batches=_training(
             train, train_size, config, batch_size, channels, prepare,
@@ -497,23 +490,7 @@ def _training(dataset, size, config, batch_size, channels, prepare,
             image = fn(image, fn_seed)
         return image, label
 
-    def augment_batch(index, batch, seed):
-        images, labels = standardize(*batch)
-        batch_seed = tf.random.experimental.stateless_fold_in(seed, index)
-        crop_seed, flip_seed, cutout_seed, mixup_seed = augment.split_seed(
-            batch_seed, 4
-        )
-        if config.pad_crop:
-            images = augment.pad_and_crop(images, config.pad_crop, crop_seed)
-        if config.flip:
-            images = augment.random_flip(images, flip_seed)
-        if config.cutout:
-            images = augment.cutout(images, config.cutout, cutout_seed)
-        if config.mixup:
-            images, labels = augment.mixup(
-                images, labels, config.mixup, mixup_seed
-            )
-        return images, labels
+    augment_batch = _batch_augmentation(config)
 
     def epoch_batches(epoch):
         seed = tf.stack([tf.constant(config.seed, tf.int64),
@@ -530,11 +507,36 @@ def _training(dataset, size, config, batch_size, channels, prepare,
             )
         batches = batches.batch(batch_size, drop_remainder=True)
         return batches.enumerate().map(
-            lambda i, batch: augment_batch(i, batch, batch_seed),
+            lambda i, batch: augment_batch(*standardize(*batch), i, batch_seed),
             num_parallel_calls=AUTOTUNE,
         )
 
     return epoch_batches
+
+
+def _batch_augmentation(config):
+    """The per-batch augmentation of `config`: a function of a standardized
+    batch `(images, labels)`, its index in the epoch and the epoch's batch
+    seed."""
+
+    def augment_batch(images, labels, index, seed):
+        batch_seed = tf.random.experimental.stateless_fold_in(seed, index)
+        crop_seed, flip_seed, cutout_seed, mixup_seed = augment.split_seed(
+            batch_seed, 4
+        )
+        if config.pad_crop:
+            images = augment.pad_and_crop(images, config.pad_crop, crop_seed)
+        if config.flip:
+            images = augment.random_flip(images, flip_seed)
+        if config.cutout:
+            images = augment.cutout(images, config.cutout, cutout_seed)
+        if config.mixup:
+            images, labels = augment.mixup(
+                images, labels, config.mixup, mixup_seed
+            )
+        return images, labels
+
+    return augment_batch
 
 
 def _with_options(dataset):

@@ -10,6 +10,7 @@ differ tenfold in effect. `L2SGD` implements the coupled form.
 import keras
 from keras import ops
 
+from keras_seqnorm import validation
 from keras_seqnorm.training.schedules import build_schedule
 
 
@@ -47,10 +48,7 @@ class L2SGD(keras.optimizers.SGD):
                 f"(decoupled) is not supported. Received: "
                 f"weight_decay={kwargs['weight_decay']}"
             )
-        if not l2 >= 0:
-            raise ValueError(
-                f"Argument `l2` must be >= 0. Received: l2={l2}"
-            )
+        validation.number("l2", l2, low=0.0)
         super().__init__(
             learning_rate=learning_rate,
             momentum=momentum,

@@ -18,6 +18,8 @@ import math
 import keras
 from keras import ops
 
+from keras_seqnorm import validation
+
 
 @keras.saving.register_keras_serializable(package="keras_seqnorm")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
@@ -50,16 +52,10 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, learning_rate, total_steps, warmup_steps=0,
                  warmup_start=0.0, final_learning_rate=0.0, name=None):
-        if not learning_rate > 0:
-            raise ValueError(
-                "Argument `learning_rate` must be positive. "
-                f"Received: learning_rate={learning_rate}"
-            )
-        if not 0 <= warmup_steps < total_steps:
-            raise ValueError(
-                "Argument `warmup_steps` must be in [0, total_steps="
-                f"{total_steps}). Received: warmup_steps={warmup_steps}"
-            )
+        validation.number("learning_rate", learning_rate, low=0.0,
+                          low_open=True)
+        validation.number("warmup_steps", warmup_steps, low=0,
+                          high=total_steps, high_open=True)
         self.learning_rate = learning_rate
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps

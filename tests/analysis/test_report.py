@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 
 from keras_seqnorm import cli
-from keras_seqnorm.analysis import compare
-from keras_seqnorm.analysis import landscape
 from keras_seqnorm.analysis import report
 from keras_seqnorm.training.config import Config
 
@@ -89,7 +87,10 @@ def test_failed_runs_are_left_out_and_listed(tmp_path, monkeypatch, capsys):
     _results(ghost, "stopped_nan")
     _results(os.path.join(runs, "landscape", "ghost"))
 
-    def fake_compare(argv):
+    calls = {}
+
+    def fake_compare(**kwargs):
+        calls["compare"] = kwargs
         return {
             "summary": {"sequential": {
                 "runs": 1, "groups": "G_C=4, G_M=8",
@@ -101,16 +102,17 @@ def test_failed_runs_are_left_out_and_listed(tmp_path, monkeypatch, capsys):
                         "status": "stopped_nan"}],
         }
 
-    def fake_landscape(argv):
+    def fake_landscape(**kwargs):
+        calls["landscape"] = kwargs
         return {"norms": {}, "test_error": {}, "figure": None,
                 "failed": [{"norm": "none", "run_dir": "x",
                             "status": "failed", "error": "OSError: no"}]}
 
-    monkeypatch.setattr(compare, "main", fake_compare)
-    monkeypatch.setattr(landscape, "main", fake_landscape)
+    monkeypatch.setattr(report, "compare", fake_compare)
+    monkeypatch.setattr(report, "landscape", fake_landscape)
     out = tmp_path / "docs" / "results.md"
     argv = ["--run-dir", runs, "--out", str(out)]
-    result = report.main(argv)
+    result = cli.run_command(["reproduce", *argv])
     assert [entry["norm"] for entry in result["failed"]] == ["ghost", "none"]
     text = out.read_text()
     assert "## Failed runs" in text
@@ -119,6 +121,21 @@ def test_failed_runs_are_left_out_and_listed(tmp_path, monkeypatch, capsys):
     assert "(no figure: no run completed)" in text
     assert "2 failed run(s)" in capsys.readouterr().err
     assert cli.main(["reproduce", *argv]) == 1
+    # The analyses are called as functions, with the report's recipes.
+    assert calls["compare"] == {
+        "norms": ("batch", "ghost", "sequential"), "seeds": 5,
+        "run_dir": os.path.join(runs, "compare"), "verbose": 0,
+        "epochs": 20, "dataset": "digits", "model": "simplecnn",
+        "groups_m": 8, "groups_c": 4,
+    }
+    assert calls["landscape"] == {
+        "norms": ("none", "batch", "ghost"),
+        "run_dir": os.path.join(runs, "landscape"), "verbose": 0,
+        "epochs": 10, "preset": "mnist-simplenet", "dataset": "digits",
+        "batch_size": 64, "groups_m": 8,
+    }
+    assert "keras-seqnorm compare --dataset digits --model simplecnn " \
+        "--groups-m 8 --groups-c 4 --seeds 5 --epochs 20" in text
 
 
 @pytest.mark.parametrize(
@@ -133,7 +150,7 @@ def test_failed_runs_are_left_out_and_listed(tmp_path, monkeypatch, capsys):
 )
 def test_bad_flags_are_one_line(capsys, argv, expected):
     with pytest.raises(SystemExit) as info:
-        report.main(argv)
+        cli.run_command(["reproduce", *argv])
     assert info.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and expected in error
@@ -142,13 +159,13 @@ def test_bad_flags_are_one_line(capsys, argv, expected):
 
 def test_out_must_be_a_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        report.main(["--out", str(tmp_path)])
+        cli.run_command(["reproduce", "--out", str(tmp_path)])
     assert info.value.code == 2
     assert f"{tmp_path} is a directory" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(SystemExit) as info:
-        report.main(["--out", str(blocker / "results.md")])
+        cli.run_command(["reproduce", "--out", str(blocker / "results.md")])
     assert info.value.code == 2
     error = capsys.readouterr().err
     assert "must be a file in a directory that can be created" in error

@@ -172,7 +172,7 @@ def test_tune_command_trains_the_trials(tmp_path, capsys):
         "--verbose", "0", "--groups-m", "2,4", "--groups-c", "2",
         "--run-dir", str(tmp_path),
     ]
-    summary = tuner.main(argv)
+    summary = cli.run_command(["tune", *argv])
     assert [(t["norm"], t["groups_m"], t["groups_c"])
             for t in summary["trials"]] == [
         ("ghost", 2, None), ("ghost", 4, None),
@@ -190,7 +190,8 @@ def test_tune_command_trains_the_trials(tmp_path, capsys):
 
 def test_tune_command_refuses_to_tune_on_the_test_split(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        tuner.main(["--validation-size", "0", "--run-dir", str(tmp_path)])
+        cli.run_command(["tune", "--validation-size", "0", "--run-dir",
+                         str(tmp_path)])
     assert "Received: validation_size=0" in capsys.readouterr().err
 
 
@@ -261,11 +262,15 @@ def test_the_default_directory_follows_the_flags(tmp_path, monkeypatch):
     monkeypatch.setattr(tuner, "tune",
                         lambda objective, run_dir, **kwargs: dirs.setdefault(
                             kwargs["groups_m"][0], []).append(run_dir))
-    tuner.main(["--groups-m", "2"])
-    tuner.main(["--groups-m", "2", "--data-dir", "elsewhere", "--verbose",
-                "0"])
-    tuner.main(["--groups-m", "4"])
+    cli.run_command(["tune", "--groups-m", "2"])
+    cli.run_command(["tune", "--groups-m", "2", "--data-dir", "elsewhere",
+                     "--verbose", "0"])
+    cli.run_command(["tune", "--groups-m", "4"])
+    # The defaults, given or not, are the same search.
+    cli.run_command(["tune", "--groups-m", "4", "--search", "sequential",
+                     "--groups-c", "1,2,4,8", "--tolerance", "0.005"])
     assert dirs[2][0] == dirs[2][1]
     assert dirs[2][0].startswith(os.path.join("runs", "tune",
                                               "simplecnn-digits-"))
     assert dirs[4][0] != dirs[2][0]
+    assert dirs[4][1] == dirs[4][0]

@@ -2,7 +2,9 @@ import dataclasses
 
 import pytest
 
-from keras_seqnorm.training import config as config_lib
+from keras_seqnorm.norms import NORM_LAYERS
+from keras_seqnorm.norms import group_arguments
+from keras_seqnorm.norms import norms_taking
 from keras_seqnorm.training.config import Config
 from keras_seqnorm.training.config import ConfigError
 from keras_seqnorm.training.config import build_parser
@@ -163,5 +165,8 @@ def test_group_counts_become_layer_arguments():
         "groups": 8}
     assert Config(norm="noisy_batch", norm_kwargs={
         "stddev": 3e-4}).norm_layer_kwargs() == {"stddev": 3e-4}
-    assert set(config_lib.GROUP_ARGUMENTS) == {"ghost", "sequential",
-                                               "group"}
+    # The registry says which norms take group counts.
+    assert {name for name in NORM_LAYERS if group_arguments(name)} == {
+        "ghost", "sequential", "group"}
+    assert norms_taking("groups_m") == ["ghost", "sequential"]
+    assert norms_taking("groups_c") == ["sequential", "group"]

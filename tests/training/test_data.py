@@ -4,12 +4,12 @@ import requests
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from keras_seqnorm import cli
 from keras_seqnorm.training import data as data_lib
-from keras_seqnorm.training import train
 from keras_seqnorm.training.config import Config
+from keras_seqnorm.training.config import resolve_data_fields
 from keras_seqnorm.training.data import DatasetUnavailableError
 from keras_seqnorm.training.data import load_data
-from keras_seqnorm.training.data import resolve_data_fields
 from keras_seqnorm.training.data import stratified_split
 
 pytestmark = pytest.mark.filterwarnings(
@@ -278,8 +278,8 @@ def test_failed_download_is_one_clear_line(tmp_path, monkeypatch, capsys):
         tfds.core.DatasetBuilder, "download_and_prepare", refuse
     )
     with pytest.raises(SystemExit) as info:
-        train.main(["--dataset", "cifar100", "--data-dir", str(tmp_path),
-                    "--run-dir", str(tmp_path / "run")])
+        cli.run_command(["train", "--dataset", "cifar100", "--data-dir",
+                         str(tmp_path), "--run-dir", str(tmp_path / "run")])
     assert info.value.code == 2
     error = capsys.readouterr().err
     assert "Traceback" not in error

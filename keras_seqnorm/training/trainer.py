@@ -1,12 +1,13 @@
-"""`keras-seqnorm train`: train one model with one norm under one recipe.
+"""Training one model with one norm under one recipe: `train(config)`.
 
-```
-keras-seqnorm train --dataset digits --model simplecnn --norm sequential
-keras-seqnorm train --preset cifar100-wrn28-10 --norm ghost --run-dir runs/g
-python -m keras_seqnorm.train --help
+```python
+from keras_seqnorm.training import Config, train
+
+results = train(Config(dataset="digits", norm="ghost", groups_m=4))
 ```
 
-`run(config)` does the work: the `tf.distribute` strategy first, then the
+`keras-seqnorm train [flags]` parses its flags into a `Config` and calls
+`train`, which does the work: the `tf.distribute` strategy first, then the
 data with the global batch size, the model and its compilation inside
 `strategy.scope()`, `fit` with the callbacks of `callbacks.py`, and the
 test evaluation. Once the data and the model exist it writes
@@ -24,9 +25,9 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
 import traceback
+import typing
 
 import keras
 
@@ -38,19 +39,17 @@ from keras_seqnorm.training.callbacks import StopOnNaN
 from keras_seqnorm.training.callbacks import get_callbacks
 from keras_seqnorm.training.callbacks import read_backup
 from keras_seqnorm.training.callbacks import read_log
+from keras_seqnorm.training.config import DATASET_DEFAULTS
 from keras_seqnorm.training.config import EXECUTION_FIELDS
 from keras_seqnorm.training.config import Config
 from keras_seqnorm.training.config import ConfigError
-from keras_seqnorm.training.config import build_parser
 from keras_seqnorm.training.config import config_argv
-from keras_seqnorm.training.config import config_from_namespace
 from keras_seqnorm.training.config import default_run_dir
 from keras_seqnorm.training.config import format_command
+from keras_seqnorm.training.config import resolve_data_fields
 from keras_seqnorm.training.config import run_id
-from keras_seqnorm.training.data import DATASET_DEFAULTS
-from keras_seqnorm.training.data import load_data
-from keras_seqnorm.training.data import resolve_data_fields
 from keras_seqnorm.training.optimizers import build_optimizer
+from keras_seqnorm.utils import write_json
 
 PROG = "keras-seqnorm train"
 CONFIG_FILE = "config.json"
@@ -130,14 +129,6 @@ def _check_batch(config, replicas):
         )
 
 
-def _write_json(path, value):
-    temporary = path + ".saving"
-    with open(temporary, "w") as file:
-        json.dump(value, file, indent=2)
-        file.write("\n")
-    os.replace(temporary, path)
-
-
 def _read_json(path, what, run_dir):
     try:
         with open(path) as file:
@@ -191,9 +182,10 @@ def _continue_command(stored, run_dir):
         config = Config.from_dict({**stored, "run_dir": run_dir})
     except (TypeError, ValueError):
         return None
-    size, validation, _, _ = DATASET_DEFAULTS[config.dataset]
+    defaults = DATASET_DEFAULTS[config.dataset]
     return format_command(PROG, config_argv(
-        config, resolved={"image_size": size, "validation_size": validation}
+        config, resolved={"image_size": defaults.image_size,
+                          "validation_size": defaults.validation_size},
     ))
 
 
@@ -277,7 +269,7 @@ def _lock(config, run_dir):
         ) from None
     path = os.path.join(run_dir, CONFIG_FILE)
     if not os.path.exists(path):
-        _write_json(path, config.to_dict())
+        write_json(path, config.to_dict())
 
 
 def _switch_on_determinism():
@@ -292,8 +284,11 @@ def _switch_on_determinism():
     tf.config.experimental.enable_op_determinism()
 
 
-def _summarize(config, data, rows, test, status, replicas, strategy,
+def _summarize(config, data, rows, outcome, replicas, strategy,
                wall_seconds):
+    """The results dict of a run (see `train`), but `run_dir` and
+    `is_chief`."""
+    test = outcome.test
     history = {key: [row[key] for row in rows] for key in rows[0]} if (
         rows) else {}
     # The first epoch includes tracing and compilation.
@@ -301,8 +296,8 @@ def _summarize(config, data, rows, test, status, replicas, strategy,
     train_seconds = sum(row["train_seconds"] for row in timed)
     images = len(timed) * data.steps_per_epoch * config.batch_size
     last = rows[-1] if rows else {}
-    return {
-        "status": status,
+    results = {
+        "status": outcome.status,
         "config": config.to_dict(),
         "norm_kwargs": config.norm_layer_kwargs(),
         "strategy": type(strategy).__name__ if strategy else None,
@@ -328,9 +323,18 @@ def _summarize(config, data, rows, test, status, replicas, strategy,
         "wall_seconds": wall_seconds,
         "images_per_second": images / train_seconds if train_seconds else None,
     }
+    if outcome.stopped is not None:
+        epoch, batch = outcome.stopped
+        results["stopped_at"] = {"epoch": epoch, "batch": batch}
+        results["epochs_completed"] = epoch
+    if outcome.error is not None:
+        error = outcome.error
+        results["error"] = f"{type(error).__name__}: {error}"
+        results["traceback"] = "".join(traceback.format_exception(error))
+    return results
 
 
-def run(config, callbacks=()):
+def train(config, callbacks=()):
     """Trains, evaluates and records the run of `config`.
 
     Args:
@@ -366,6 +370,59 @@ def run(config, callbacks=()):
     if config.deterministic:
         _switch_on_determinism()
     replicas = strategy.num_replicas_in_sync if strategy else 1
+    place = _place(config, strategy, replicas)
+    config = place.config
+    finished = _existing_run(config, place.run_dir, place.given)
+    if finished is not None:
+        return finished
+    backup = read_backup(os.path.join(place.run_dir, BACKUP_DIR))
+    try:
+        get_norm_layer(config.norm, **config.norm_layer_kwargs())
+    except ValueError as error:
+        raise ConfigError(" ".join(str(error).split())) from None
+    keras.utils.set_random_seed(config.seed)
+    from keras_seqnorm.training.data import load_data
+
+    data = load_data(config)
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        with strategy.scope() if strategy else contextlib.nullcontext():
+            model = _build_model(config, data, replicas)
+        _lock(config, place.run_dir)
+        outcome = _fit_and_test(
+            model, data, config, place.run_dir, backup, callbacks
+        )
+    finally:
+        keras.config.set_dtype_policy(policy)
+    rows = read_log(os.path.join(place.run_dir, LOG_FILE))
+    results = _summarize(
+        config, data, rows, outcome, replicas, strategy,
+        time.perf_counter() - start,
+    )
+    results.update(run_dir=place.run_dir, is_chief=place.is_chief)
+    write_json(os.path.join(place.run_dir, RESULTS_FILE), results)
+    if outcome.error is not None:
+        raise outcome.error
+    shutil.rmtree(os.path.join(place.run_dir, BACKUP_DIR),
+                  ignore_errors=True)
+    return results
+
+
+class _Place(typing.NamedTuple):
+    """Where a run writes: `config` resolved (its `run_dir` the real path),
+    this worker's `run_dir`, the `run_dir` as given (for messages) and
+    whether this worker is the chief."""
+
+    config: Config
+    run_dir: str
+    given: str
+    is_chief: bool
+
+
+def _place(config, strategy, replicas):
+    """Resolves the run directory of `config` and checks it, and the batch
+    against the replicas, before anything is written."""
     given = config.run_dir
     config = resolve_run_dir(config)
     given = config.run_dir if given is None else given
@@ -375,45 +432,18 @@ def run(config, callbacks=()):
     run_dir, is_chief = _worker_run_dir(config.run_dir, strategy)
     _check_batch(config, replicas)
     _check_path(run_dir, given)
-    finished = _existing_run(config, run_dir, given)
-    if finished is not None:
-        return finished
-    backup = read_backup(os.path.join(run_dir, BACKUP_DIR))
-    try:
-        get_norm_layer(config.norm, **config.norm_layer_kwargs())
-    except ValueError as error:
-        raise ConfigError(" ".join(str(error).split())) from None
-    keras.utils.set_random_seed(config.seed)
-    data = load_data(config)
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(config.precision)
-    try:
-        with strategy.scope() if strategy else contextlib.nullcontext():
-            model = _build_model(config, data, replicas)
-        _lock(config, run_dir)
-        status, stopped, test, error = _train(
-            model, data, config, run_dir, backup, callbacks
-        )
-    finally:
-        keras.config.set_dtype_policy(policy)
-    rows = read_log(os.path.join(run_dir, LOG_FILE))
-    results = _summarize(
-        config, data, rows, test, status, replicas, strategy,
-        time.perf_counter() - start,
-    )
-    if stopped is not None:
-        results["stopped_at"] = {"epoch": stopped[0], "batch": stopped[1]}
-        results["epochs_completed"] = stopped[0]
-    if error is not None:
-        results["error"] = f"{type(error).__name__}: {error}"
-        results["traceback"] = "".join(traceback.format_exception(error))
-    results["run_dir"] = run_dir
-    results["is_chief"] = is_chief
-    _write_json(os.path.join(run_dir, RESULTS_FILE), results)
-    if error is not None:
-        raise error
-    shutil.rmtree(os.path.join(run_dir, BACKUP_DIR), ignore_errors=True)
-    return results
+    return _Place(config, run_dir, given, is_chief)
+
+
+class _Outcome(typing.NamedTuple):
+    """How `fit` ended: `status`; `stopped`, the `(epoch, batch)` of a
+    non-finite loss; `test`, the test metrics of a completed run; `error`,
+    the exception that stopped training (status `failed`)."""
+
+    status: str
+    stopped: tuple | None = None
+    test: dict | None = None
+    error: Exception | None = None
 
 
 class _EpochFeed(keras.callbacks.Callback):
@@ -428,14 +458,9 @@ class _EpochFeed(keras.callbacks.Callback):
         self.variable.assign(epoch)
 
 
-def _train(model, data, config, run_dir, backup, callbacks):
-    """`fit` from the backup's epoch, then the test evaluation.
-
-    Returns:
-        `(status, stopped, test, error)`: `stopped` is the `(epoch, batch)`
-        of a non-finite loss, `test` the test metrics of a completed run,
-        `error` the exception that stopped training (status `failed`).
-    """
+def _fit_and_test(model, data, config, run_dir, backup, callbacks):
+    """`fit` from the backup's epoch, then the test evaluation; returns
+    the `_Outcome`."""
     own = get_callbacks(config, run_dir, backup)
     (guard,) = [c for c in own if isinstance(c, StopOnNaN)]
     first = backup["epoch"] if backup else 0
@@ -453,55 +478,10 @@ def _train(model, data, config, run_dir, backup, callbacks):
             shuffle=False,  # Each epoch is shuffled by `data.epochs`.
         )
         if guard.stopped is not None:
-            return STOPPED_NAN, guard.stopped, None, None
+            return _Outcome(STOPPED_NAN, stopped=guard.stopped)
         test = model.evaluate(data.test, return_dict=True, verbose=0)
     except ConfigError:
         raise
-    except Exception as error:  # Recorded, then raised again by `run`.
-        return FAILED, None, None, error
-    return COMPLETED, None, test, None
-
-
-def main(argv=None):
-    """`keras-seqnorm train [flags]`; `argv` defaults to `sys.argv[1:]`.
-
-    Prints the run directory first and a summary line at the end.
-
-    Returns:
-        The results dict of `run`. Bad flags and configurations that cannot
-        run exit with status 2 and a one-line error; a run stopped by a
-        non-finite loss returns its results with `status` `stopped_nan`
-        (the console script then exits with status 1).
-    """
-    parser = build_parser()
-    namespace = parser.parse_args(argv)
-    try:
-        config = resolve_run_dir(config_from_namespace(namespace))
-        print(f"{PROG}: run directory {config.run_dir}", flush=True)
-        results = run(config)
-    except ConfigError as error:
-        parser.error(str(error))
-    where = os.path.join(results["run_dir"], RESULTS_FILE)
-    if results.get("status", COMPLETED) == STOPPED_NAN:
-        stopped = results["stopped_at"]
-        print(
-            f"{PROG}: the loss stopped being finite in epoch "
-            f"{stopped['epoch']} (batch {stopped['batch']}, counted from 0); "
-            f"the run stopped and {where} records status stopped_nan. A "
-            "lower --learning-rate, --clip-norm or --precision float32 may "
-            "help (in another run directory).",
-            file=sys.stderr,
-        )
-        return results
-    print(
-        f"test_accuracy={results['test_accuracy']:.4f} "
-        f"val_accuracy={results['final'].get('val_accuracy', float('nan')):.4f}"
-        f" epochs={results['epochs_completed']} ({where})"
-    )
-    return results
-
-
-if __name__ == "__main__":
-    from keras_seqnorm.cli import exit_status
-
-    sys.exit(exit_status(main()))
+    except Exception as error:  # Recorded, then raised again by `train`.
+        return _Outcome(FAILED, error=error)
+    return _Outcome(COMPLETED, test=test)

@@ -18,9 +18,10 @@ import tensorflow_datasets as tfds
 from keras_seqnorm import cli
 from keras_seqnorm.layers import SequentialNormalization
 from keras_seqnorm.models import get_model
-from keras_seqnorm.training import train
+from keras_seqnorm.training import trainer
 from keras_seqnorm.training.config import Config
 from keras_seqnorm.training.config import parse_config
+from keras_seqnorm.training.data import load_data
 
 pytestmark = pytest.mark.tensorflow_only
 
@@ -31,6 +32,10 @@ STEPS_64 = 1257 // 64
 def _log_epochs(run_dir):
     with open(os.path.join(run_dir, "log.csv"), newline="") as file:
         return [int(row["epoch"]) for row in csv.DictReader(file)]
+
+
+def _main(argv):
+    return cli.run_command(["train", *argv])
 
 
 def _subprocess(script, *args, env=None):
@@ -50,7 +55,7 @@ def test_train_digits_writes_the_run_directory(tmp_path, capsys):
     argv = ["--norm", "sequential", "--groups-m", "4", "--groups-c", "2",
             "--norm-kwargs", '{"momentum": 0.5}', "--epochs", "3",
             "--run-dir", run_dir, "--verbose", "0"]
-    results = train.main(argv)
+    results = _main(argv)
     assert "test_accuracy=" in capsys.readouterr().out
     with open(os.path.join(run_dir, "config.json")) as file:
         config = json.load(file)
@@ -77,11 +82,11 @@ def test_train_digits_writes_the_run_directory(tmp_path, capsys):
     )
     # A finished run is not trained again.
     mtime = os.path.getmtime(os.path.join(run_dir, "log.csv"))
-    assert train.main(argv) == json.loads(json.dumps(results))
+    assert _main(argv) == json.loads(json.dumps(results))
     assert os.path.getmtime(os.path.join(run_dir, "log.csv")) == mtime
     # Another config in the same directory is refused.
     with pytest.raises(SystemExit):
-        train.main([*argv, "--epochs", "4"])
+        _main([*argv, "--epochs", "4"])
     assert "differs in epochs" in capsys.readouterr().err
 
 
@@ -91,19 +96,19 @@ def test_a_run_stopped_after_training_is_not_trained_again(
 ):
     run_dir = str(tmp_path)
     argv = ["--epochs", "1", "--run-dir", run_dir, "--verbose", "0"]
-    summarize = train._summarize
+    summarize = trainer._summarize
 
     def crash(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "_summarize", crash)
+    monkeypatch.setattr(trainer, "_summarize", crash)
     with pytest.raises(KeyboardInterrupt):
-        train.main(argv)
+        _main(argv)
     assert os.path.exists(os.path.join(run_dir, "backup"))
     best = os.path.join(run_dir, "best.keras")
     mtime = os.path.getmtime(best)
-    monkeypatch.setattr(train, "_summarize", summarize)
-    results = train.main(argv)
+    monkeypatch.setattr(trainer, "_summarize", summarize)
+    results = _main(argv)
     assert os.path.getmtime(best) == mtime  # no epoch trained again
     assert _log_epochs(run_dir) == [0]
     assert results["epochs_completed"] == 1
@@ -113,7 +118,7 @@ def test_a_run_stopped_after_training_is_not_trained_again(
 @pytest.mark.slow
 def test_grad_accum_clip_precision_and_augmentation(tmp_path):
     run_dir = str(tmp_path)
-    results = train.main([
+    results = _main([
         "--model", "simplenet", "--norm", "ghost", "--epochs", "1",
         "--grad-accum", "2", "--clip-norm", "1", "--precision",
         "mixed_bfloat16", "--label-smoothing", "0.1", "--randaugment",
@@ -138,9 +143,9 @@ def test_input_shape_and_classes_come_from_the_data(tmp_path, monkeypatch):
         built.append(kwargs)
         return get_model(name, **kwargs)
 
-    monkeypatch.setattr(train, "get_model", spy)
+    monkeypatch.setattr(trainer, "get_model", spy)
     with tfds.testing.mock_data(num_examples=48):
-        results = train.main([
+        results = _main([
             "--dataset", "cifar100", "--model", "simplenet",
             "--validation-size", "16", "--batch-size", "16", "--epochs",
             "1", "--run-dir", str(tmp_path), "--verbose", "0",
@@ -152,7 +157,7 @@ def test_input_shape_and_classes_come_from_the_data(tmp_path, monkeypatch):
 
 def test_help_lists_the_flags(capsys):
     with pytest.raises(SystemExit) as info:
-        train.main(["--help"])
+        _main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--batch-size", "--groups-m", "--preset", "--randaugment",
@@ -167,13 +172,13 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from keras_seqnorm.training import train
+from keras_seqnorm.cli import run_command
 
 try:
-    train.main([*sys.argv[1:], "--batch-size", "33"])
+    run_command(["train", *sys.argv[1:], "--batch-size", "33"])
 except SystemExit as exit:
     print("uneven batch exit", exit.code)
-train.main(sys.argv[1:])
+run_command(["train", *sys.argv[1:]])
 """
 
 
@@ -199,7 +204,8 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
 RESUMABLE = """
 import os, signal, sys
 import keras
-from keras_seqnorm.training import train
+from keras_seqnorm.cli import run_command
+from keras_seqnorm.training import trainer
 from keras_seqnorm.training.callbacks import Backup
 
 kill_after, where = os.environ.get("KILL_AFTER"), os.environ.get("KILL_AT")
@@ -221,9 +227,9 @@ def get_callbacks(config, run_dir=None, backup=None):
     return callbacks
 
 
-original = train.get_callbacks
-train.get_callbacks = get_callbacks
-train.main(sys.argv[1:])
+original = trainer.get_callbacks
+trainer.get_callbacks = get_callbacks
+run_command(["train", *sys.argv[1:]])
 """
 
 
@@ -297,8 +303,8 @@ class _Strategy:
 )
 def test_only_the_chief_writes_the_run_directory(task, cluster, expected):
     strategy = _Strategy(*task, cluster)
-    assert train._worker_run_dir("runs/x", strategy) == expected
-    assert train._worker_run_dir("runs/x", object()) == ("runs/x", True)
+    assert trainer._worker_run_dir("runs/x", strategy) == expected
+    assert trainer._worker_run_dir("runs/x", object()) == ("runs/x", True)
 
 
 # Run directories: identity, locking, refusal (issue 10, defects 1 and 2).
@@ -307,7 +313,7 @@ def test_only_the_chief_writes_the_run_directory(task, cluster, expected):
 def _finished_run(tmp_path, *flags):
     """A finished one-epoch digits run in `runs/p` under `tmp_path`."""
     argv = ["--epochs", "1", "--verbose", "0", *flags, "--run-dir", "runs/p"]
-    return train.main(argv), argv
+    return _main(argv), argv
 
 
 def _one_line_error(capsys, argv, command="train"):
@@ -330,7 +336,7 @@ def test_a_run_directory_is_its_resolved_path(tmp_path, monkeypatch,
     mtime = os.path.getmtime(log)
     for spelling in ("runs/p/", "./runs/p", str(tmp_path / "runs" / "p"),
                      "runs/../runs/p"):
-        again = train.main([*argv[:-1], spelling])
+        again = _main([*argv[:-1], spelling])
         assert again == json.loads(json.dumps(results)), spelling
     assert os.path.getmtime(log) == mtime  # nothing trained again
     assert results["config"]["run_dir"] == str(tmp_path / "runs" / "p")
@@ -344,7 +350,7 @@ def test_a_run_directory_is_its_resolved_path(tmp_path, monkeypatch,
     command = error[resume:].split(": ", 1)[1].split(". To train", 1)[0]
     flags = shlex.split(command)[2:]
     # The flags given back reproduce the stored run: it is found finished.
-    assert train.main(flags) == json.loads(json.dumps(results))
+    assert _main(flags) == json.loads(json.dumps(results))
     assert os.path.getmtime(log) == mtime
 
 
@@ -357,11 +363,11 @@ def test_the_continue_command_gives_back_the_config():
         ["--schedule", "piecewise_linear", "--lr-knots",
          "0:0.1,2.5:1e-05", "--mixup", "0.2", "--image-size", "12"],
     ):
-        config = train.resolve_run_dir(parse_config(argv))
-        command = train._continue_command(config.to_dict(), config.run_dir)
+        config = trainer.resolve_run_dir(parse_config(argv))
+        command = trainer._continue_command(config.to_dict(), config.run_dir)
         flags = shlex.split(command)[2:]
         assert "--image-size" not in flags or "12" in flags
-        assert train.resolve_run_dir(parse_config(flags)) == config
+        assert trainer.resolve_run_dir(parse_config(flags)) == config
 
 
 @pytest.mark.slow
@@ -380,7 +386,7 @@ def test_a_failed_start_leaves_the_directory_reusable(tmp_path, capsys):
         error = _one_line_error(capsys, [*base, *flags])
         assert expected in error
         assert not os.path.exists(run_dir / "config.json"), flags
-    results = train.main([*base, "--norm", "sequential", "--groups-c", "4"])
+    results = _main([*base, "--norm", "sequential", "--groups-c", "4"])
     assert results["status"] == "completed"
     assert results["config"]["groups_c"] == 4
 
@@ -402,17 +408,17 @@ def interrupted_run(tmp_path_factory):
     is in place."""
     run_dir = tmp_path_factory.mktemp("interrupted") / "run"
     argv = ["--epochs", "1", "--verbose", "0", "--run-dir", str(run_dir)]
-    summarize = train._summarize
+    summarize = trainer._summarize
 
     def crash(*args):
         raise KeyboardInterrupt
 
-    train._summarize = crash
+    trainer._summarize = crash
     try:
         with pytest.raises(KeyboardInterrupt):
-            train.main(argv)
+            _main(argv)
     finally:
-        train._summarize = summarize
+        trainer._summarize = summarize
     return run_dir, argv
 
 
@@ -461,7 +467,7 @@ def test_a_damaged_backup_stops_the_run_in_one_line(
     assert not os.path.exists(run_dir / "results.json")
     # The way out works: without the backup the run trains again.
     shutil.rmtree(run_dir / "backup")
-    assert train.main([*argv[:-1], str(run_dir)])["status"] == "completed"
+    assert _main([*argv[:-1], str(run_dir)])["status"] == "completed"
 
 
 # Failed runs (issue 10, defect 5).
@@ -502,7 +508,7 @@ class _Explode(keras.callbacks.Callback):
 def test_a_run_stopped_by_an_exception_fails_then_resumes(tmp_path):
     config = Config(epochs=3, verbose=0, run_dir=str(tmp_path))
     with pytest.raises(RuntimeError, match="disk full"):
-        train.run(config, callbacks=[_Explode()])
+        trainer.train(config, callbacks=[_Explode()])
     with open(tmp_path / "results.json") as file:
         results = json.load(file)
     assert results["status"] == "failed"
@@ -510,7 +516,7 @@ def test_a_run_stopped_by_an_exception_fails_then_resumes(tmp_path):
     assert "Traceback" in results["traceback"]
     assert _backed_up(str(tmp_path)) == 2  # the epoch ended, then failed
     # Not finished: the same config resumes from the backup.
-    results = train.run(config)
+    results = trainer.train(config)
     assert results["status"] == "completed"
     assert _log_epochs(str(tmp_path)) == [0, 1, 2]
 
@@ -519,33 +525,33 @@ def test_a_run_stopped_by_an_exception_fails_then_resumes(tmp_path):
 
 
 def test_the_default_run_directory_is_derived_from_the_config():
-    first = train.resolve_run_dir(Config(norm="ghost", groups_m=4))
+    first = trainer.resolve_run_dir(Config(norm="ghost", groups_m=4))
     assert first.run_dir.startswith(
         os.path.join("runs", "train", "simplecnn-digits-ghost-"))
     # The same command, spelled otherwise: the same directory.
-    same = train.resolve_run_dir(parse_config(
+    same = trainer.resolve_run_dir(parse_config(
         ["--norm", "ghost", "--groups-m", "4", "--image-size", "16",
          "--verbose", "0", "--jit-compile", "false"]))
     assert same.run_dir == first.run_dir
     others = {
-        train.resolve_run_dir(Config(norm="ghost", groups_m=2)).run_dir,
-        train.resolve_run_dir(Config(norm="ghost", groups_m=4,
+        trainer.resolve_run_dir(Config(norm="ghost", groups_m=2)).run_dir,
+        trainer.resolve_run_dir(Config(norm="ghost", groups_m=4,
                                      epochs=3)).run_dir,
-        train.resolve_run_dir(Config(norm="ghost", groups_m=4,
+        trainer.resolve_run_dir(Config(norm="ghost", groups_m=4,
                                      seed=1)).run_dir,
         first.run_dir,
     }
     assert len(others) == 4
-    given = train.resolve_run_dir(Config(run_dir="mine"))
+    given = trainer.resolve_run_dir(Config(run_dir="mine"))
     assert given.run_dir == "mine"
 
 
 @pytest.mark.slow
 def test_the_run_directory_is_printed_first(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    results = train.main(["--epochs", "1", "--verbose", "0"])
+    results = _main(["--epochs", "1", "--verbose", "0"])
     out = capsys.readouterr().out
-    expected = train.resolve_run_dir(
+    expected = trainer.resolve_run_dir(
         parse_config(["--epochs", "1", "--verbose", "0"])).run_dir
     assert out.splitlines()[0] == (
         f"keras-seqnorm train: run directory {expected}")
@@ -568,8 +574,8 @@ def test_jit_compile_auto_reaches_compile(monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(keras.Model, "compile", spy)
-    data = train.load_data(train.resolve_run_dir(Config(batch_size=64)))
-    model = train._build_model(Config(), data, 1)
+    data = load_data(trainer.resolve_run_dir(Config(batch_size=64)))
+    model = trainer._build_model(Config(), data, 1)
     assert compiled["jit_compile"] == "auto"
     # Keras' choice: no XLA for TensorFlow on a machine without a GPU.
     import tensorflow as tf
@@ -587,7 +593,7 @@ import os, sys, time
 import keras
 import numpy as np
 from keras_seqnorm.training import callbacks as callbacks_lib
-from keras_seqnorm.training import train
+from keras_seqnorm.training import trainer
 from keras_seqnorm.training.config import parse_config
 
 out = os.environ["WEIGHTS_OUT"]
@@ -629,7 +635,7 @@ def held_save_backup(model, backup_dir, epoch):
 
 
 callbacks_lib.save_backup = held_save_backup
-train.run(parse_config(sys.argv[1:]), callbacks=[Final(), Hold()])
+trainer.train(parse_config(sys.argv[1:]), callbacks=[Final(), Hold()])
 """
 
 
@@ -703,7 +709,7 @@ def _readme_block(marker):
 
 @pytest.mark.slow
 def test_the_readme_training_snippet_runs_as_written(tmp_path):
-    script = _readme_block("from keras_seqnorm.training.train import run")
+    script = _readme_block("seqnorm = train(parse_config(")
     first = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
         text=True, timeout=600,
@@ -726,14 +732,14 @@ def test_the_readme_train_commands_get_their_own_directories():
     with open(readme) as file:
         text = file.read()
     section = text.split("## Training:", 1)[1].split("```\n", 2)[1]
-    prefixes = ("keras-seqnorm train ", "python -m keras_seqnorm.train ")
+    prefixes = ("keras-seqnorm train ", "python -m keras_seqnorm train ")
     commands = [
         shlex.split(line)[len(prefix.split()):]
         for line in section.replace("\\\n", "").splitlines()
         for prefix in prefixes if line.startswith(prefix)
     ]
     assert len(commands) == 3
-    dirs = {train.resolve_run_dir(parse_config(argv)).run_dir
+    dirs = {trainer.resolve_run_dir(parse_config(argv)).run_dir
             for argv in commands}
     assert len(dirs) == 3
 
@@ -744,9 +750,9 @@ def test_deterministic_switches_on_op_determinism(monkeypatch):
     calls = []
     monkeypatch.setattr(tf.config.experimental, "enable_op_determinism",
                         lambda: calls.append(True))
-    train._switch_on_determinism()
+    trainer._switch_on_determinism()
     assert calls == [True]
     assert Config(deterministic=True).deterministic is True
     # An execution field: the same run directory.
-    assert train.resolve_run_dir(Config(deterministic=True)).run_dir == (
-        train.resolve_run_dir(Config()).run_dir)
+    assert trainer.resolve_run_dir(Config(deterministic=True)).run_dir == (
+        trainer.resolve_run_dir(Config()).run_dir)

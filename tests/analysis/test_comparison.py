@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 
 from keras_seqnorm import cli
-from keras_seqnorm.analysis import compare
+from keras_seqnorm.analysis import comparison
 from keras_seqnorm.training.config import ConfigError
+from keras_seqnorm.training.config import given_values
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 class FakeRun:
-    """Stands in for `training.train.run`: records the configs and returns
+    """Stands in for `training.train`: records the configs and returns
     results with known accuracies."""
 
     def __init__(self, fail=None):
@@ -38,16 +39,20 @@ class FakeRun:
         }
 
 
+def _compare(argv):
+    return cli.run_command(["compare", *argv])
+
+
 @pytest.fixture
 def fake_run(monkeypatch):
     fake = FakeRun()
-    monkeypatch.setattr(compare, "run", fake)
+    monkeypatch.setattr(comparison, "train", fake)
     return fake
 
 
 def test_table_of_means_and_standard_deviations(tmp_path, fake_run, capsys):
     root = str(tmp_path)
-    result = compare.main([
+    result = _compare([
         "--preset", "cifar10-wrn28-10", "--norms", "batch,ghost,sequential",
         "--seeds", "3", "--run-dir", root, "--epochs", "10",
     ])
@@ -71,8 +76,8 @@ def test_table_of_means_and_standard_deviations(tmp_path, fake_run, capsys):
         assert row["val_accuracy_mean"] == pytest.approx(tests.mean() - 0.01)
     assert result["summary"]["sequential"]["groups"] == "G_C=16, G_M=8"
     assert result["summary"]["batch"]["groups"] == "-"
-    assert compare._groups_text("ghost", {}) == "layer defaults"
-    assert compare._groups_text("sequential", {"groups_m": 2}) == (
+    assert comparison._groups_text("ghost", {}) == "layer defaults"
+    assert comparison._groups_text("sequential", {"groups_m": 2}) == (
         "G_C=default, G_M=2")
     out = capsys.readouterr().out
     assert result["table"] in out
@@ -84,7 +89,7 @@ def test_table_of_means_and_standard_deviations(tmp_path, fake_run, capsys):
 
 
 def test_group_flags_apply_only_to_norms_that_take_them(tmp_path, fake_run):
-    compare.main(["--norms", "batch,ghost,group", "--seeds", "1",
+    _compare(["--norms", "batch,ghost,group", "--seeds", "1",
                   "--groups-m", "2", "--groups-c", "4",
                   "--run-dir", str(tmp_path), "--verbose", "2"])
     batch, ghost, group = fake_run.configs
@@ -107,7 +112,7 @@ def test_group_flags_apply_only_to_norms_that_take_them(tmp_path, fake_run):
 )
 def test_bad_flags(capsys, fake_run, argv, expected):
     with pytest.raises(SystemExit) as info:
-        compare.main(argv)
+        _compare(argv)
     assert info.value.code == 2
     assert expected in capsys.readouterr().err
     assert fake_run.configs == []
@@ -117,7 +122,7 @@ def test_bad_flags(capsys, fake_run, argv, expected):
 @pytest.mark.tensorflow_only
 def test_compare_trains_on_digits(tmp_path, capsys):
     root = str(tmp_path)
-    result = compare.main([
+    result = _compare([
         "--dataset", "digits", "--model", "simplecnn", "--norms",
         "batch,sequential", "--seeds", "1", "--epochs", "2",
         "--run-dir", root,
@@ -136,9 +141,9 @@ def test_compare_trains_on_digits(tmp_path, capsys):
 def test_failed_runs_are_listed_not_counted(tmp_path, monkeypatch, capsys):
     fake = FakeRun(fail={("ghost", 1): "stopped_nan",
                          ("batch", 0): RuntimeError("out of memory")})
-    monkeypatch.setattr(compare, "run", fake)
+    monkeypatch.setattr(comparison, "train", fake)
     root = str(tmp_path)
-    result = compare.main(["--norms", "batch,ghost", "--seeds", "2",
+    result = _compare(["--norms", "batch,ghost", "--seeds", "2",
                            "--run-dir", root])
     assert len(fake.configs) == 4  # a failure does not stop the others
     assert result["summary"]["ghost"]["runs"] == 1
@@ -168,16 +173,16 @@ def test_failed_runs_are_listed_not_counted(tmp_path, monkeypatch, capsys):
 
 
 def test_no_completed_run_draws_no_figure(tmp_path, monkeypatch):
-    monkeypatch.setattr(compare, "run", FakeRun(fail={
+    monkeypatch.setattr(comparison, "train", FakeRun(fail={
         ("batch", 0): "stopped_nan"}))
-    result = compare.main(["--norms", "batch", "--seeds", "1",
+    result = _compare(["--norms", "batch", "--seeds", "1",
                            "--run-dir", str(tmp_path)])
     assert result["summary"] == {} and result["figure"] is None
     assert not os.path.exists(tmp_path / "compare.png")
 
 
 def test_a_run_that_cannot_start_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(compare, "run", FakeRun(fail={
+    monkeypatch.setattr(comparison, "train", FakeRun(fail={
         ("batch", 0): ConfigError("Argument `x` is bad. Received: x=1")}))
     with pytest.raises(SystemExit) as info:
         cli.main(["compare", "--norms", "batch", "--seeds", "1",
@@ -193,7 +198,8 @@ def test_the_default_directory_follows_the_recipe(fake_run, monkeypatch,
     monkeypatch.chdir(tmp_path)
 
     def root(*argv):
-        return compare.default_root(compare.build_parser().parse_args(argv))
+        parser = cli.COMMANDS["compare"].parser()
+        return comparison.default_root(given_values(parser.parse_args(argv)))
 
     first = root("--epochs", "3")
     assert first.startswith(os.path.join("runs", "compare",
@@ -203,6 +209,27 @@ def test_the_default_directory_follows_the_recipe(fake_run, monkeypatch,
     assert root("--epochs", "3", "--verbose", "0") == first
     assert len({first, root("--epochs", "4"),
                 root("--epochs", "3", "--groups-m", "2")}) == 3
-    result = compare.main(["--epochs", "3", "--seeds", "1"])
+    result = _compare(["--epochs", "3", "--seeds", "1"])
     assert result["runs"][0]["run_dir"] == os.path.join(first, "batch",
                                                         "seed0")
+
+
+def test_compare_is_a_python_function(tmp_path, fake_run):
+    from keras_seqnorm.analysis import compare
+
+    result = compare(norms=["batch", "ghost"], seeds=2, run_dir=str(tmp_path),
+                     epochs=3, groups_m=2)
+    assert [(c.norm, c.seed, c.epochs, c.groups_m, c.verbose)
+            for c in fake_run.configs] == [
+        ("batch", 0, 3, None, 0), ("batch", 1, 3, None, 0),
+        ("ghost", 0, 3, 2, 0), ("ghost", 1, 3, 2, 0),
+    ]
+    assert list(result["summary"]) == ["batch", "ghost"]
+    assert result["seeds"] == 2
+    with pytest.raises(ConfigError, match="Received: norm='ghost'"):
+        compare(run_dir=str(tmp_path), norm="ghost")
+    with pytest.raises(ConfigError, match="Received: seeds=0"):
+        compare(run_dir=str(tmp_path), seeds=0)
+    with pytest.raises(ConfigError, match=r"Received: norms=\('layer',\)"):
+        compare(run_dir=str(tmp_path), norms=("layer",))
+    assert len(fake_run.configs) == 4

@@ -8,23 +8,37 @@ maximum of `||grad(theta) - grad(theta - eta * g)||_2` (the gradient
 predictiveness). The paper uses this in Section 3.1 and Appendix B to
 compare BatchNorm, GhostNorm and no normalization.
 
-`keras-seqnorm landscape [train flags] --norms none,batch,ghost --run-dir DIR`
-trains one model per norm with the callback and writes `DIR/landscape.json`,
-`DIR/test_error.json` and the figure `DIR/landscape.png` (`DIR` defaults to
-`runs/landscape/MODEL-DATASET-ID`, ID a hash of the flags but `--norms`). A
-run that stops on a non-finite loss or fails is left out of them and
-listed (`failed`); the command then exits with status 1.
+`landscape(norms=..., **recipe)` trains one model per norm with the
+callback and writes `DIR/landscape.json`, `DIR/test_error.json` and the
+figure `DIR/landscape.png` (`DIR` defaults to
+`runs/landscape/MODEL-DATASET-ID`, ID a hash of the recipe and the probes
+but the norms). A run that stops on a non-finite loss or fails is left out
+of them and listed (`failed`). `keras-seqnorm landscape [train flags]
+--norms none,batch,ghost --run-dir DIR` parses its flags and calls it (and
+exits with status 1 when a run failed).
 """
 
-import argparse
 import functools
 import json
 import os
-import sys
+import typing
 
 import keras
 import numpy as np
 from keras import ops
+
+from keras_seqnorm import validation
+from keras_seqnorm.analysis import plots
+from keras_seqnorm.norms import check_norm_names
+from keras_seqnorm.training import trainer
+from keras_seqnorm.training.config import ConfigError
+from keras_seqnorm.training.config import default_run_dir
+from keras_seqnorm.training.config import make_config
+from keras_seqnorm.training.config import norm_config
+from keras_seqnorm.training.config import recipe_id
+from keras_seqnorm.training.config import resolve_data_fields
+from keras_seqnorm.utils import current_learning_rate
+from keras_seqnorm.utils import write_json
 
 # Appendix B.2, MNIST: eight learning rates 0.1, 0.2, ..., 0.8.
 MNIST_ETAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -63,6 +77,19 @@ def cyclical_multipliers(pairs=CIFAR_CYCLICAL_PAIRS, cycle=CIFAR_CYCLE):
             )
         multipliers.append(float(scale))
     return tuple(multipliers)
+
+
+def check_etas(etas, error=ValueError):
+    """Checks a non-empty sequence of positive step sizes; returns a
+    tuple."""
+    etas = tuple(etas)
+    if not etas or not all(
+        isinstance(eta, (int, float)) and not isinstance(eta, bool)
+        and eta > 0 for eta in etas
+    ):
+        validation.fail("etas", "a non-empty sequence of positive numbers",
+                        etas, error)
+    return etas
 
 
 def _batches(data):
@@ -163,24 +190,9 @@ class LossLandscape(keras.callbacks.Callback):
     def __init__(self, data, etas=MNIST_ETAS, every_n_steps=1, relative=False,
                  filename=None):
         super().__init__()
-        etas = tuple(etas)
-        if not etas or not all(
-            isinstance(eta, (int, float)) and not isinstance(eta, bool)
-            and eta > 0 for eta in etas
-        ):
-            raise ValueError(
-                "Argument `etas` must be a non-empty sequence of positive "
-                f"numbers. Received: etas={etas}"
-            )
-        if (
-            isinstance(every_n_steps, bool)
-            or not isinstance(every_n_steps, int)
-            or every_n_steps < 1
-        ):
-            raise ValueError(
-                "Argument `every_n_steps` must be a positive integer. "
-                f"Received: every_n_steps={every_n_steps!r}"
-            )
+        etas = check_etas(etas)
+        every_n_steps = validation.positive_int("every_n_steps",
+                                                every_n_steps)
         backend = keras.backend.backend()
         if backend not in ("tensorflow", "jax"):
             raise ValueError(
@@ -223,12 +235,8 @@ class LossLandscape(keras.callbacks.Callback):
         }
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.filename is None:
-            return
-        temporary = self.filename + ".saving"
-        with open(temporary, "w") as f:
-            json.dump(self.history, f)
-        os.replace(temporary, self.filename)
+        if self.filename is not None:
+            write_json(self.filename, self.history, indent=None)
 
     def on_train_batch_begin(self, batch, logs=None):
         step = self._step()
@@ -274,10 +282,7 @@ class LossLandscape(keras.callbacks.Callback):
         )
         scale = 1.0
         if self.relative:
-            optimizer = model.optimizer
-            # A LossScaleOptimizer holds the schedule in its inner optimizer.
-            optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-            scale = float(ops.convert_to_numpy(optimizer.learning_rate))
+            scale = current_learning_rate(model.optimizer)
         steps = [eta * scale for eta in self.etas]
         losses, distances = [], []
         for size in steps:
@@ -340,219 +345,168 @@ def _make_value_and_grad(model):
 
 
 PROBES_FILE = "landscape_probes.json"
+LANDSCAPE_FILE = "landscape.json"
+TEST_ERROR_FILE = "test_error.json"
+FIGURE_FILE = "landscape.png"
 LANDSCAPE_KEYS = ("step", "loss_min", "loss_max", "grad_pred_min",
                   "grad_pred_max")
-
-
-def _names(text):
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(
-            f"expected distinct comma-separated names (e.g. none,batch,"
-            f"ghost). Received: {text!r}"
-        )
-    return names
-
-
-def _floats(text):
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or not all(v > 0 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"expected positive numbers separated by commas (e.g. "
-            f"0.1,0.2,0.4). Received: {text!r}"
-        )
-    return values
-
-
-def build_parser():
-    """The flags of `keras-seqnorm train` (but `--norm`, `--run-dir` and
-    `--validation-size`) plus the landscape's own."""
-    # The training stack (TensorFlow, matplotlib) is imported on use: the
-    # callback alone needs neither.
-    from keras_seqnorm.training import config as config_module
-
-    parser = config_module.build_parser(
-        prog="keras-seqnorm landscape",
-        description=__doc__.split("\n")[0],
-        exclude=("norm", "run_dir", "validation_size"),
-    )
-    group = parser.add_argument_group("landscape")
-    group.add_argument(
-        "--norms", type=_names, default=["none", "batch", "ghost"],
-        metavar="LIST",
-        help="Norms to train, one model each (default: none,batch,ghost).",
-    )
-    group.add_argument(
-        "--run-dir", dest="landscape_dir", default=None, metavar="DIR",
-        help="Output directory: landscape.json, test_error.json, "
-        "landscape.png and one training run per norm in NORM/ (default: "
-        "runs/landscape/MODEL-DATASET-ID, ID a hash of the flags but "
-        "--norms). Rerun the command to resume.",
-    )
-    group.add_argument(
-        "--etas", type=_floats, default=None, metavar="LIST",
-        help="Step sizes probed along the gradient (default: 0.1,...,0.8, "
-        "Appendix B.2's MNIST values; with --relative, 0.5,1,1.5,2, its "
-        "CIFAR-10 one-cycle pairs as multiples of the training cycle).",
-    )
-    group.add_argument(
-        "--relative", action=argparse.BooleanOptionalAction, default=False,
-        help="Probe at multiples of the current learning rate (for "
-        "cyclical schedules) instead of at fixed step sizes.",
-    )
-    group.add_argument(
-        "--every-n-steps", type=int, default=1, metavar="N",
-        help="Probe before every N-th training step (default: 1).",
-    )
-    return parser
-
-
-def _norm_config(namespace, norm, run_dir):
-    """The training config of `norm`: group counts only for the norms
-    that take them; validation on the test split (Appendix B.1)."""
-    from keras_seqnorm.training import config as config_module
-
-    overrides = {"norm": norm, "run_dir": run_dir, "validation_size": 0}
-    for name in ("groups_m", "groups_c"):
-        if name not in config_module.GROUP_ARGUMENTS.get(norm, {}):
-            overrides[name] = None
-    return config_module.config_from_namespace(namespace, **overrides)
+DEFAULT_NORMS = ("none", "batch", "ghost")
+# Fields `landscape` sets for each run: it validates on the test split, as
+# Appendix B.1.
+_PER_RUN = ("norm", "run_dir", "validation_size")
 
 
 def _training_data(config):
     """The training pipeline of `config`, built on first use inside `fit`
-    (after `run` has created the strategy)."""
+    (after `train` has created the strategy)."""
     from keras_seqnorm.training.data import load_data
-    from keras_seqnorm.training.data import resolve_data_fields
 
     return load_data(resolve_data_fields(config)).train
 
 
-def _default_dir(namespace, etas):
-    from keras_seqnorm.training import config as config_module
-
-    base = _norm_config(namespace, "sequential", None)
-    values = base.to_dict()
-    for name in ("groups_m", "groups_c"):
-        values[name] = getattr(namespace, name, None)
-    values["probes"] = [list(etas), namespace.relative,
-                        namespace.every_n_steps]
-    return config_module.default_run_dir(
-        "landscape", base.model, base.dataset,
-        config_module.run_id(values, exclude=("norm",)),
+def _etas(etas, relative, error=ValueError):
+    """The step sizes probed: `etas`, or by default `MNIST_ETAS`, with
+    `relative` `cyclical_multipliers()`."""
+    return check_etas(
+        etas or (cyclical_multipliers() if relative else MNIST_ETAS), error
     )
 
 
-def main(argv=None):
-    """`keras-seqnorm landscape [train flags] --norms ... --run-dir DIR`.
+def default_root(recipe, etas=None, relative=False, every_n_steps=1):
+    """`runs/landscape/MODEL-DATASET-ID`: ID hashes the recipe (a dict of
+    `Config` field values) and the probes (see `landscape`), but the
+    norms."""
+    etas = _etas(etas, relative)
+    recipe = {**recipe, "validation_size": 0}
+    base = make_config(recipe, norm="sequential")
+    identity = recipe_id(recipe, probes=[list(etas), relative, every_n_steps])
+    return default_run_dir("landscape", base.model, base.dataset, identity)
 
-    Trains one model per norm with a `LossLandscape` probe and writes
-    `DIR/landscape.json` (`{"norms": {name: {"step", "loss_min",
+
+def landscape(norms=DEFAULT_NORMS, etas=None, relative=False,
+              every_n_steps=1, run_dir=None, **recipe):
+    """Trains one model per norm with a `LossLandscape` probe.
+
+    Each norm trains with `training.train` in `run_dir/NORM/`, validating
+    on the test split (Appendix B.1); a finished run is reused and a killed
+    one resumes with its earlier probes. Then it writes
+    `run_dir/landscape.json` (`{"norms": {name: {"step", "loss_min",
     "loss_max", "grad_pred_min", "grad_pred_max"}}}`),
-    `DIR/test_error.json` (`{"norms": {name: {"epoch", "test_error"}}}`)
-    and `DIR/landscape.png`. A killed command resumes where it stopped.
+    `run_dir/test_error.json` (`{"norms": {name: {"epoch",
+    "test_error"}}}`) and the figure `run_dir/landscape.png`.
+
+    Args:
+        norms: Distinct names from `NORM_LAYERS`, one model each. Defaults
+            to `("none", "batch", "ghost")`.
+        etas: Step sizes probed along the gradient. Defaults to `None`:
+            `MNIST_ETAS`, or with `relative`, `cyclical_multipliers()`.
+        relative: Probe at multiples of the current learning rate (for
+            cyclical schedules). Defaults to `False`.
+        every_n_steps: Probe before every `every_n_steps`-th training
+            step. Defaults to `1`.
+        run_dir: The output folder. Defaults to `None`: `default_root`.
+        **recipe: `Config` field values shared by the runs (not `norm`,
+            `run_dir` or `validation_size`); `groups_m` and `groups_c`
+            apply only to the norms that take them.
 
     Returns:
         A dict with `norms` (as `landscape.json`), `test_error` (as
         `test_error.json`), `test_accuracy` (per norm, after training),
         `figure` (the PNG's path, `None` when no run completed) and
         `failed` (per norm whose run did not complete: `norm`, `run_dir`,
-        `status`, `error`). The console script exits with status 1 when a
-        run failed.
+        `status` and the `error`, if any).
+
+    Raises:
+        ConfigError: for bad `norms`, `etas` or `every_n_steps`, or a
+            recipe that cannot run.
     """
-    from keras_seqnorm.analysis import plots
-    from keras_seqnorm.training import train
-    from keras_seqnorm.training.config import ConfigError
-
-    parser = build_parser()
-    namespace = parser.parse_args(argv)
-    if namespace.every_n_steps < 1:
-        parser.error(
-            "Argument `every_n_steps` must be a positive integer. "
-            f"Received: every_n_steps={namespace.every_n_steps}"
+    norms = check_norm_names("norms", norms, ConfigError)
+    etas = _etas(etas, relative, ConfigError)
+    every_n_steps = validation.positive_int("every_n_steps", every_n_steps,
+                                            error=ConfigError)
+    for name in _PER_RUN:
+        if name in recipe:
+            validation.fail(name, "set by landscape, not in the recipe",
+                            recipe[name], ConfigError)
+    root = run_dir or default_root(recipe, etas, relative, every_n_steps)
+    runs = {
+        norm: _train_with_probe(
+            recipe, norm, os.path.join(root, norm),
+            etas=etas, every_n_steps=every_n_steps, relative=relative,
         )
-    relative = namespace.relative
-    etas = namespace.etas or (
-        cyclical_multipliers() if relative else MNIST_ETAS
-    )
-    landscape, test_error, accuracy, failed = {}, {}, {}, []
-    try:
-        out_dir = namespace.landscape_dir or _default_dir(namespace, etas)
-        print(f"keras-seqnorm landscape: run directory {out_dir}",
-              flush=True)
-        for norm in namespace.norms:
-            run_dir = os.path.join(out_dir, norm)
-            probes = os.path.join(run_dir, PROBES_FILE)
-            config = _norm_config(namespace, norm, run_dir)
-            callback = LossLandscape(
-                functools.partial(_training_data, config),
-                etas=etas,
-                every_n_steps=namespace.every_n_steps,
-                relative=relative,
-                filename=probes,
-            )
-            try:
-                results = train.run(config, callbacks=[callback])
-            except ConfigError:
-                raise
-            except Exception as error:  # Recorded in its results.json.
-                failed.append({"norm": norm, "run_dir": run_dir,
-                               "status": train.FAILED,
-                               "error": f"{type(error).__name__}: {error}"})
-                continue
-            status = results.get("status", train.COMPLETED)
-            if status != train.COMPLETED:
-                failed.append({"norm": norm, "run_dir": run_dir,
-                               "status": status})
-                continue
-            with open(probes) as f:
-                history = json.load(f)
-            landscape[norm] = {key: history[key] for key in LANDSCAPE_KEYS}
-            epochs = results["history"]
-            test_error[norm] = {
-                "epoch": [int(e) + 1 for e in epochs["epoch"]],
-                "test_error": [1.0 - a for a in epochs["val_accuracy"]],
-            }
-            accuracy[norm] = results["test_accuracy"]
-    except ConfigError as error:
-        parser.error(str(error))
-    landscape = {"norms": landscape}
-    test_error = {"norms": test_error}
-    os.makedirs(out_dir, exist_ok=True)
-    for name, value in (("landscape.json", landscape),
-                        ("test_error.json", test_error)):
-        with open(os.path.join(out_dir, name), "w") as f:
-            json.dump(value, f)
-    figure = None
-    if landscape["norms"]:
-        figure = plots.plot_landscape(
-            landscape, test_error, os.path.join(out_dir, "landscape.png"),
-            title=f"{config.model} on {config.dataset}",
-        )
-    if failed:
-        print(
-            "keras-seqnorm landscape: failed runs, left out: " + "; ".join(
-                f"{entry['norm']} ({entry['status']}"
-                + (f": {entry['error']}" if "error" in entry else "")
-                + f", {entry['run_dir']})" for entry in failed
-            ),
-            file=sys.stderr,
-        )
-    print(f"wrote {os.path.join(out_dir, 'landscape.json')}"
-          + (f" and {figure}" if figure else ""))
-    return {
-        "norms": landscape["norms"],
-        "test_error": test_error["norms"],
-        "test_accuracy": accuracy,
-        "figure": figure,
-        "failed": failed,
+        for norm in norms
     }
+    probed = {norm: run for norm, run in runs.items() if not run.failure}
+    result = {
+        "norms": {norm: run.history for norm, run in probed.items()},
+        "test_error": {
+            norm: _test_error(run.results) for norm, run in probed.items()
+        },
+        "test_accuracy": {
+            norm: run.results["test_accuracy"]
+            for norm, run in probed.items()
+        },
+        "figure": None,
+        "failed": [run.failure for run in runs.values() if run.failure],
+    }
+    os.makedirs(root, exist_ok=True)
+    write_json(os.path.join(root, LANDSCAPE_FILE),
+               {"norms": result["norms"]}, indent=None)
+    write_json(os.path.join(root, TEST_ERROR_FILE),
+               {"norms": result["test_error"]}, indent=None)
+    if probed:
+        first = next(iter(probed.values())).results["config"]
+        result["figure"] = plots.plot_landscape(
+            {"norms": result["norms"]}, {"norms": result["test_error"]},
+            os.path.join(root, FIGURE_FILE),
+            title=f"{first['model']} on {first['dataset']}",
+        )
+    return result
 
 
-if __name__ == "__main__":
-    from keras_seqnorm.cli import exit_status
+def _train_with_probe(recipe, norm, run_dir, **probe):
+    """Trains the recipe's `norm` in `run_dir` with a `LossLandscape`.
 
-    sys.exit(exit_status(main()))
+    Returns:
+        A `_ProbedRun`.
+    """
+    config = norm_config(recipe, norm, run_dir=run_dir, validation_size=0)
+    path = os.path.join(run_dir, PROBES_FILE)
+    callback = LossLandscape(
+        functools.partial(_training_data, config), filename=path, **probe
+    )
+    failure = {"norm": norm, "run_dir": run_dir, "status": trainer.FAILED}
+    try:
+        results = trainer.train(config, callbacks=[callback])
+    except ConfigError:
+        raise
+    except Exception as error:  # Recorded in its results.json.
+        error = f"{type(error).__name__}: {error}"
+        return _ProbedRun(failure={**failure, "error": error})
+    status = results.get("status", trainer.COMPLETED)
+    if status != trainer.COMPLETED:
+        return _ProbedRun(failure={**failure, "status": status})
+    with open(path) as file:
+        history = json.load(file)
+    history = {key: history[key] for key in LANDSCAPE_KEYS}
+    return _ProbedRun(history=history, results=results)
+
+
+class _ProbedRun(typing.NamedTuple):
+    """One norm's run: its probes (`LANDSCAPE_KEYS`) and training results
+    when it completed, else its `failure` entry (`norm`, `run_dir`,
+    `status` and the `error`, if any)."""
+
+    history: dict | None = None
+    results: dict | None = None
+    failure: dict | None = None
+
+
+def _test_error(results):
+    """`{"epoch", "test_error"}` per epoch of a run validated on the test
+    split."""
+    history = results["history"]
+    return {
+        "epoch": [int(epoch) + 1 for epoch in history["epoch"]],
+        "test_error": [1.0 - a for a in history["val_accuracy"]],
+    }
