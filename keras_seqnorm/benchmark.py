@@ -89,19 +89,24 @@ class TwoStageSequentialNormalization(keras.layers.Layer):
         return ops.cast(z, self.compute_dtype)
 
 
-def _implementations(include_group=True):
-    impls = {
+def _layers(fused=None):
+    # BatchNormalization, GhostNorm and SeqNorm (`fused` passed on).
+    return {
         "batch": lambda dtype: keras.layers.BatchNormalization(dtype=dtype),
         "ghost": lambda dtype: GhostNormalization(
-            groups_m=GROUPS_M, dtype=dtype
+            groups_m=GROUPS_M, dtype=dtype, fused=fused
         ),
         "sequential": lambda dtype: SequentialNormalization(
-            groups_c=GROUPS_C, groups_m=GROUPS_M, dtype=dtype
-        ),
-        "two_stage": lambda dtype: TwoStageSequentialNormalization(
-            dtype=dtype
+            groups_c=GROUPS_C, groups_m=GROUPS_M, dtype=dtype, fused=fused
         ),
     }
+
+
+def _implementations(include_group=True):
+    impls = _layers()
+    impls["two_stage"] = lambda dtype: TwoStageSequentialNormalization(
+        dtype=dtype
+    )
     if include_group:
         impls["group"] = lambda dtype: keras.layers.GroupNormalization(
             groups=GROUPS_C, dtype=dtype
@@ -112,20 +117,11 @@ def _implementations(include_group=True):
 def _graph_implementations():
     # TensorFlow graph mode: the layers' own compiled call (`fused=None`)
     # and their plain TensorFlow ops (`fused=False`).
+    plain = _layers(fused=False)
     return {
-        "batch": lambda dtype: keras.layers.BatchNormalization(dtype=dtype),
-        "ghost": lambda dtype: GhostNormalization(
-            groups_m=GROUPS_M, dtype=dtype
-        ),
-        "sequential": lambda dtype: SequentialNormalization(
-            groups_c=GROUPS_C, groups_m=GROUPS_M, dtype=dtype
-        ),
-        "ghost_plain": lambda dtype: GhostNormalization(
-            groups_m=GROUPS_M, dtype=dtype, fused=False
-        ),
-        "sequential_plain": lambda dtype: SequentialNormalization(
-            groups_c=GROUPS_C, groups_m=GROUPS_M, dtype=dtype, fused=False
-        ),
+        **_layers(),
+        "ghost_plain": plain["ghost"],
+        "sequential_plain": plain["sequential"],
     }
 
 
