@@ -1,35 +1,54 @@
 """Speed of the layers against `keras.layers.BatchNormalization`.
 
-`keras-seqnorm bench` (or `make bench`, or `python benchmarks/run.py`) times
+`keras_seqnorm.benchmark.run(...)` (also `keras-seqnorm bench`, `make bench`
+and `python benchmarks/run.py`, which only parse flags and call it) times
 fwd+bwd through each normalization, compiled with XLA on the active backend
 (TensorFlow or JAX), with samples interleaved across the implementations in
-one process, and reports medians and ratios to BatchNormalization on the same
-shape and dtype. It also times a whole training step of a model with each
-norm. Results go to a JSON file (with device, backend and versions) and a
-markdown table.
+one process, and reports medians and ratios to BatchNormalization on the
+same shape and dtype. Beside the times: the number of kernels of one
+compiled fwd+bwd call (`kernel_count`), XLA's estimate of its memory
+traffic in passes over the input (JAX), and on TensorFlow the same fwd+bwd
+in a `tf.function` without XLA (graph mode). It also times a whole
+training step of a model with each norm. Nothing is written unless an
+output path is given.
+
+Example:
+
+>>> from keras_seqnorm import benchmark
+>>> result = benchmark.run(shapes=[(16, 4, 4, 16)], dtypes=["float32"],
+...                        iters=1, samples=1, model="")
+>>> print(result.markdown())  # doctest: +SKIP
 """
 
-import argparse
+import dataclasses
 import inspect
-import json
 import platform
+import re
 import statistics
+import sys
 import time
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_seqnorm import utils
 from keras_seqnorm.layers import GhostNormalization
 from keras_seqnorm.layers import SequentialNormalization
-from keras_seqnorm.version import __version__
+from keras_seqnorm.norms import group_kwargs
 
-# NHWC activations of WRN-28-10 (first three) and ResNet-50 (last).
+# NHWC activations of WRN-28-10 (128x32x32x160 to 128x8x8x640), ResNet-50
+# (64x56x56x256), small tensors where launch costs show (64x8x8x32,
+# 32x4x4x512) and the digits demo's SimpleCNN at batch 64 (64x16x16x16,
+# 64x8x8x32).
 DEFAULT_SHAPES = (
     (128, 32, 32, 160),
     (128, 16, 16, 320),
     (128, 8, 8, 640),
     (64, 56, 56, 256),
+    (64, 16, 16, 16),
+    (64, 8, 8, 32),
+    (32, 4, 4, 512),
 )
 GROUPS_C, GROUPS_M = 4, 8
 
@@ -70,19 +89,24 @@ class TwoStageSequentialNormalization(keras.layers.Layer):
         return ops.cast(z, self.compute_dtype)
 
 
-def _implementations(include_group=True):
-    impls = {
+def _layers(fused=None):
+    # BatchNormalization, GhostNorm and SeqNorm (`fused` passed on).
+    return {
         "batch": lambda dtype: keras.layers.BatchNormalization(dtype=dtype),
         "ghost": lambda dtype: GhostNormalization(
-            groups_m=GROUPS_M, dtype=dtype
+            groups_m=GROUPS_M, dtype=dtype, fused=fused
         ),
         "sequential": lambda dtype: SequentialNormalization(
-            groups_c=GROUPS_C, groups_m=GROUPS_M, dtype=dtype
-        ),
-        "two_stage": lambda dtype: TwoStageSequentialNormalization(
-            dtype=dtype
+            groups_c=GROUPS_C, groups_m=GROUPS_M, dtype=dtype, fused=fused
         ),
     }
+
+
+def _implementations(include_group=True):
+    impls = _layers()
+    impls["two_stage"] = lambda dtype: TwoStageSequentialNormalization(
+        dtype=dtype
+    )
     if include_group:
         impls["group"] = lambda dtype: keras.layers.GroupNormalization(
             groups=GROUPS_C, dtype=dtype
@@ -90,12 +114,63 @@ def _implementations(include_group=True):
     return impls
 
 
-def _fwd_bwd_tensorflow(layer, x, dy):
+def _graph_implementations():
+    # TensorFlow graph mode: the layers' own compiled call (`fused=None`)
+    # and their plain TensorFlow ops (`fused=False`).
+    plain = _layers(fused=False)
+    return {
+        **_layers(),
+        "ghost_plain": plain["ghost"],
+        "sequential_plain": plain["sequential"],
+    }
+
+
+# HLO instructions of a compiled computation that launch no kernel.
+_NOT_KERNELS = frozenset(
+    ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")
+)
+
+
+def _opcode(instruction):
+    # "shape opcode(operands), attributes", the shape possibly a tuple.
+    if instruction.startswith("("):
+        depth = 0
+        for end, char in enumerate(instruction):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                break
+    else:
+        end = instruction.index(" ")
+    rest = instruction[end + 1:].lstrip()
+    return rest[: rest.index("(")]
+
+
+def kernel_count(hlo_text):
+    """The kernels of an optimized XLA HLO module, from its text.
+
+    The instructions of the ENTRY computation other than parameter,
+    constant, tuple, get-tuple-element and bitcast: after XLA's fusion each
+    is one kernel (a fusion, a custom call, a copy). On a GPU each costs a
+    launch however little it computes.
+    """
+    lines = hlo_text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("ENTRY"))
+    count = 0
+    for line in lines[start + 1:]:
+        if line.startswith("}"):
+            break
+        match = re.match(r"\s*(?:ROOT\s+)?%?[\w.\-]+ = (.*)", line)
+        if match and _opcode(match.group(1)) not in _NOT_KERNELS:
+            count += 1
+    return count
+
+
+def _fwd_bwd_tensorflow(layer, x, dy, jit_compile=True):
     import tensorflow as tf
 
     variables = layer.trainable_variables
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=jit_compile)
     def step(x, dy):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -110,7 +185,11 @@ def _fwd_bwd_tensorflow(layer, x, dy):
     def sync(result):
         return result[0].numpy().ravel()[0]
 
-    return run, sync, {}
+    info = {}
+    if jit_compile:
+        hlo = step.experimental_get_compiler_ir(x, dy)(stage="optimized_hlo")
+        info["kernels"] = kernel_count(hlo)
+    return run, sync, info
 
 
 def _fwd_bwd_jax(layer, x, dy):
@@ -125,14 +204,14 @@ def _fwd_bwd_jax(layer, x, dy):
     @jax.jit
     def step(trainable, non_trainable, x, dy):
         def forward(trainable, x):
-            out, _ = layer.stateless_call(
+            return layer.stateless_call(
                 trainable, non_trainable, x, **kwargs
             )
-            return out
 
-        out, vjp = jax.vjp(forward, trainable, x)
-        # The output is returned too, so XLA cannot drop the forward pass.
-        return out, vjp(dy)
+        out, vjp, updated = jax.vjp(forward, trainable, x, has_aux=True)
+        # The output and the updated moving statistics are returned too,
+        # so XLA drops neither the forward pass nor the update.
+        return out, vjp(dy), updated
 
     def run():
         return step(trainable, non_trainable, x, dy)
@@ -148,26 +227,32 @@ def _fwd_bwd_jax(layer, x, dy):
     info = {
         "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
         "bytes_accessed": cost.get("bytes accessed"),
+        "kernels": kernel_count(compiled.as_text()),
     }
     return run, sync, info
 
 
-def fwd_bwd_step(layer, x, dy):
+def fwd_bwd_step(layer, x, dy, jit_compile=True):
     """A compiled fwd+bwd call of `layer` at `x` with output cotangent `dy`.
 
     Returns `(run, sync, info)`: `run()` makes one call, `sync(result)`
-    waits for it, and where the backend reports them (JAX) `info` holds
-    XLA's scratch memory for the call (`temp_bytes`) and XLA's estimate of
-    the bytes it reads and writes (`bytes_accessed`); else it is empty.
+    waits for it, and `info` holds the number of kernels of the compiled
+    call (`kernels`, see `kernel_count`) and, where the backend reports
+    them (JAX), XLA's scratch memory for the call (`temp_bytes`) and its
+    estimate of the bytes read and written (`bytes_accessed`). The call
+    includes the update of the moving statistics. With
+    `jit_compile=False` (TensorFlow only) the call is a `tf.function`
+    without XLA, and `info` is empty.
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        return _fwd_bwd_tensorflow(layer, x, dy)
-    if backend == "jax":
+        return _fwd_bwd_tensorflow(layer, x, dy, jit_compile)
+    if backend == "jax" and jit_compile:
         return _fwd_bwd_jax(layer, x, dy)
     raise ValueError(
-        "The benchmark supports the tensorflow and jax backends. "
-        f"Received: KERAS_BACKEND={backend}"
+        "The benchmark supports the tensorflow backend, and the jax backend "
+        f"with jit_compile=True. Received: KERAS_BACKEND={backend}, "
+        f"jit_compile={jit_compile}"
     )
 
 
@@ -260,7 +345,14 @@ def _torch_steps(x, dy):
 
 
 def bench_layers(shapes, dtypes, iters, samples, include_group=True,
-                 torch_reference=False):
+                 torch_reference=False, graph_mode=False):
+    """Times fwd+bwd of each layer per shape and dtype; returns rows.
+
+    Every implementation of a shape and dtype is timed in one interleaved
+    loop: XLA-compiled, and with `graph_mode` (TensorFlow) also in a
+    `tf.function` without XLA. Ratios are to BatchNormalization in the same
+    mode.
+    """
     rows = []
     for dtype in dtypes:
         for shape in shapes:
@@ -276,26 +368,38 @@ def bench_layers(shapes, dtypes, iters, samples, include_group=True,
             for name, make in _implementations(include_group).items():
                 layer = make(policy)
                 layer.build(shape)
-                run, sync, info[name] = fwd_bwd_step(layer, x, dy)
-                steps[name] = (run, sync)
+                run, sync, info[("xla", name)] = fwd_bwd_step(layer, x, dy)
+                steps[("xla", name)] = (run, sync)
             if torch_reference:
-                steps.update(_torch_steps(x, dy))
+                for name, step in _torch_steps(x, dy).items():
+                    steps[("xla", name)] = step
+            if graph_mode:
+                for name, make in _graph_implementations().items():
+                    layer = make(policy)
+                    layer.build(shape)
+                    run, sync, _ = fwd_bwd_step(
+                        layer, x, dy, jit_compile=False
+                    )
+                    steps[("graph", name)] = (run, sync)
             medians = _time_interleaved(steps, iters, samples)
-            base = medians["batch"]
-            for name, seconds in medians.items():
+            for (mode, name), seconds in medians.items():
+                details = info.get((mode, name), {})
                 rows.append({
                     "kind": "layer",
+                    "mode": mode,
                     "shape": list(shape),
                     "dtype": dtype,
                     "impl": name,
                     "ms": seconds * 1e3,
-                    "ratio": seconds / base,
+                    "ratio": seconds / medians[(mode, "batch")],
+                    # Kernels of one compiled fwd+bwd call.
+                    "kernels": details.get("kernels"),
                     # XLA's scratch memory for fwd+bwd (JAX only): what
                     # the layer keeps beyond its input and output.
-                    "temp_bytes": info.get(name, {}).get("temp_bytes"),
+                    "temp_bytes": details.get("temp_bytes"),
                     # XLA's estimate of the memory traffic of fwd+bwd, in
                     # passes over a tensor of the input's size (JAX only).
-                    "passes": _passes(info.get(name), x),
+                    "passes": _passes(details, x),
                 })
             print(_format_row(shape, dtype, medians), flush=True)
     return rows
@@ -311,12 +415,18 @@ def _passes(info, x):
 
 
 def _format_row(shape, dtype, medians):
-    base = medians["batch"]
-    parts = [f"{name} {t / base:.2f}x" for name, t in medians.items()]
-    return (
-        f"{'x'.join(map(str, shape))} {dtype}: batch {base * 1e3:.2f} ms; "
-        + ", ".join(parts)
-    )
+    parts = []
+    for mode in ("xla", "graph"):
+        if (mode, "batch") not in medians:
+            continue
+        base = medians[(mode, "batch")]
+        ratios = ", ".join(
+            f"{name} {t / base:.2f}x"
+            for (m, name), t in medians.items()
+            if m == mode and name != "batch"
+        )
+        parts.append(f"{mode}: batch {base * 1e3:.2f} ms; {ratios}")
+    return f"{'x'.join(map(str, shape))} {dtype}: " + " | ".join(parts)
 
 
 def bench_train_step(model_name, batch_size, norms, iters, samples,
@@ -331,17 +441,14 @@ def bench_train_step(model_name, batch_size, norms, iters, samples,
         y = rng.integers(0, 10, size=(batch_size,))
         steps = {}
         for norm in norms:
-            kwargs = {}
-            if norm == "ghost":
-                kwargs = {"groups_m": GROUPS_M}
-            elif norm == "sequential":
-                kwargs = {"groups_m": GROUPS_M, "groups_c": GROUPS_C}
             model = get_model(
                 model_name,
                 num_classes=10,
                 input_shape=(32, 32, 3),
                 norm=norm,
-                norm_kwargs=kwargs,
+                norm_kwargs=group_kwargs(
+                    norm, groups_m=GROUPS_M, groups_c=GROUPS_C
+                ),
             )
             model.compile(
                 keras.optimizers.SGD(0.01, momentum=0.9),
@@ -395,58 +502,66 @@ def device_name():
     return f"cpu:{platform.processor() or platform.machine()}"
 
 
-def _versions():
-    versions = {"keras": keras.__version__, "keras_seqnorm": __version__,
-                "python": platform.python_version()}
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        versions["jax"] = jax.__version__
-    else:
-        import tensorflow as tf
-
-        versions["tensorflow"] = tf.__version__
-    return versions
+def _cells(impls, names, key, fmt):
+    return " / ".join(
+        "-" if impls.get(n, {}).get(key) is None else fmt(impls[n][key])
+        for n in names
+    )
 
 
 def markdown_table(rows):
+    """The layer rows as one markdown table, the train steps as another.
+
+    Columns: BatchNormalization's median ms and every other layer's ratio
+    to it under XLA; kernels of one compiled fwd+bwd call; passes over the
+    input and scratch memory (JAX); and, where measured (TensorFlow), graph
+    mode without XLA: BatchNormalization's ms and the ratios of the layers'
+    compiled call and of their plain ops (`fused=False`).
+    """
+    fused = ("batch", "ghost", "sequential")
     lines = [
         "| shape | dtype | BatchNorm ms | GhostNorm | SeqNorm | two-stage "
         "SeqNorm | GroupNorm | paper's PyTorch (eager / compiled) "
+        "| kernels (BN / Ghost / Seq) "
+        "| passes over the input (BN / Ghost / Seq / two-stage) "
         "| scratch MiB (BN / Ghost / Seq / two-stage) "
-        "| passes over the input (BN / Ghost / Seq / two-stage) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| graph mode: BatchNorm ms | graph: GhostNorm (compiled / plain) "
+        "| graph: SeqNorm (compiled / plain) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keyed = {}
     for row in rows:
         if row["kind"] == "layer":
             key = ("x".join(map(str, row["shape"])), row["dtype"])
-            keyed.setdefault(key, {})[row["impl"]] = row
-    for (shape, dtype), impls in keyed.items():
+            mode = row.get("mode", "xla")
+            keyed.setdefault(key, {}).setdefault(mode, {})[row["impl"]] = row
+
+    def ratio(value):
+        return f"{value:.2f}x"
+
+    for (shape, dtype), modes in keyed.items():
+        impls, graph = modes.get("xla", {}), modes.get("graph", {})
         cells = [
-            f"{impls[n]['ratio']:.2f}x" if n in impls else "-"
+            _cells(impls, (n,), "ratio", ratio)
             for n in ("ghost", "sequential", "two_stage", "group")
         ]
-        cells.append(" / ".join(
-            f"{impls[n]['ratio']:.2f}x" if n in impls else "-"
-            for n in ("pytorch_paper", "pytorch_paper_compiled")
+        cells.append(_cells(
+            impls, ("pytorch_paper", "pytorch_paper_compiled"), "ratio", ratio
         ))
-        memory = [
-            impls[n].get("temp_bytes") if n in impls else None
-            for n in ("batch", "ghost", "sequential", "two_stage")
-        ]
-        memory = " / ".join(
-            "-" if m is None else f"{m / 2**20:.1f}" for m in memory
-        )
-        passes = " / ".join(
-            "-" if impls.get(n, {}).get("passes") is None
-            else f"{impls[n]['passes']:.1f}"
-            for n in ("batch", "ghost", "sequential", "two_stage")
-        )
+        cells.append(_cells(impls, fused, "kernels", str))
+        cells.append(_cells(
+            impls, fused + ("two_stage",), "passes", lambda p: f"{p:.1f}"
+        ))
+        cells.append(_cells(
+            impls, fused + ("two_stage",), "temp_bytes",
+            lambda b: f"{b / 2**20:.1f}",
+        ))
+        cells.append(_cells(graph, ("batch",), "ms", lambda m: f"{m:.2f}"))
+        for name in ("ghost", "sequential"):
+            cells.append(_cells(graph, (name, name + "_plain"), "ratio", ratio))
         lines.append(
             f"| {shape} | {dtype} | {impls['batch']['ms']:.2f} | "
-            + " | ".join(cells) + f" | {memory} | {passes} |"
+            + " | ".join(cells) + " |"
         )
     steps = [r for r in rows if r["kind"] == "train_step"]
     if steps:
@@ -459,100 +574,133 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
-def _parse_shapes(text):
-    try:
-        return [
-            tuple(int(d) for d in item.split("x"))
-            for item in text.split(",")
-        ]
-    except ValueError:
-        raise ValueError(
-            "Argument `--shapes` must be comma-separated NxHxWxC shapes, "
-            f"e.g. 128x32x32x160. Received: --shapes={text}"
-        ) from None
+@dataclasses.dataclass(frozen=True)
+class BenchmarkResult:
+    """What `run` measured.
+
+    Attributes:
+        device: The device, e.g. `"cpu:x86_64"` or `"gpu:NVIDIA H100"`.
+        backend: The Keras backend.
+        versions: Versions of Keras, the backend, keras-seqnorm, Python.
+        peak_memory_bytes: Peak device memory where the backend reports it
+            (GPU), else `None`.
+        groups_c, groups_m: G_C and G_M of the layers timed.
+        iters, samples: Calls per timed sample, and interleaved samples.
+        rows: One dict per measurement: `kind` (`"layer"` or
+            `"train_step"`), `impl`, `ms` (median), `ratio` (to
+            BatchNormalization); layer rows also `mode` (`"xla"` or
+            `"graph"`), `shape`, `dtype`, `kernels`, `passes`,
+            `temp_bytes`; train-step rows `model`, `batch_size`, `dtype`.
+    """
+
+    device: str
+    backend: str
+    versions: dict
+    peak_memory_bytes: object
+    groups_c: int
+    groups_m: int
+    iters: int
+    samples: int
+    rows: list
+
+    def to_dict(self):
+        """The result as a JSON-serializable dict."""
+        return dataclasses.asdict(self)
+
+    def markdown(self):
+        """The result as markdown tables (see `markdown_table`)."""
+        return markdown_table(self.rows)
+
+    def save(self, path):
+        """Writes the JSON to `path` and the markdown tables beside it
+        (`.md` instead of the extension)."""
+        utils.write_json(path, self.to_dict())
+        with open(path.rsplit(".", 1)[0] + ".md", "w") as f:
+            f.write(f"Device: {self.device}, backend {self.backend}, "
+                    f"{self.versions}\n\n")
+            f.write(self.markdown() + "\n")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="keras-seqnorm bench",
-        description="Time GhostNorm and SeqNorm against BatchNormalization.",
-    )
-    parser.add_argument(
-        "--shapes",
-        default=",".join("x".join(map(str, s)) for s in DEFAULT_SHAPES),
-        help="comma-separated NxHxWxC activation shapes",
-    )
-    parser.add_argument(
-        "--dtypes",
-        default="float32,bfloat16",
-        help="comma-separated input dtypes (half precision runs under the "
-        "matching mixed policy)",
-    )
-    parser.add_argument("--iters", type=int, default=5,
-                        help="calls per timed sample")
-    parser.add_argument("--samples", type=int, default=7,
-                        help="interleaved samples; the median is reported")
-    parser.add_argument("--model", default="wrn16_4",
-                        help="model for the train-step timing ('' skips it); "
-                        "use wrn28_10 with batch 128 on a GPU")
-    parser.add_argument("--model-batch-size", type=int, default=32)
-    parser.add_argument("--model-precision", default="float32")
-    parser.add_argument("--no-group", action="store_true",
-                        help="skip keras.layers.GroupNormalization")
-    parser.add_argument("--torch-reference", action="store_true",
-                        help="also time the paper's PyTorch SeqNorm "
-                        "(F.group_norm, then Figure A1), eager and under "
-                        "torch.compile, in the same interleaved loop "
-                        "(needs torch)")
-    parser.add_argument("--out", default=None,
-                        help="JSON output path (a .md table is written "
-                        "beside it)")
-    return parser
+def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=5,
+        samples=7, model="wrn16_4", model_batch_size=32,
+        model_precision="float32", include_group=True,
+        torch_reference=False, graph_mode=None, out=None):
+    """Times the layers against BatchNormalization on this machine.
 
+    Args:
+        shapes: Input shapes, channels last. Defaults to `DEFAULT_SHAPES`.
+        dtypes: Input dtypes; half precision runs under the matching mixed
+            policy. Defaults to `("float32", "bfloat16")`.
+        iters: Calls per timed sample. Defaults to `5`.
+        samples: Interleaved samples; the median is reported. Defaults to
+            `7`.
+        model: Model for the train-step timing (`""` skips it). Defaults to
+            `"wrn16_4"`.
+        model_batch_size: Its batch size. Defaults to `32`.
+        model_precision: Its dtype policy. Defaults to `"float32"`.
+        include_group: Also time `keras.layers.GroupNormalization`.
+            Defaults to `True`.
+        torch_reference: Also time the paper's PyTorch SeqNorm, eager and
+            compiled (needs torch). Defaults to `False`.
+        graph_mode: Also time TensorFlow graph mode (no XLA). Defaults to
+            `None`: on TensorFlow.
+        out: Path of a JSON file to write (a `.md` table beside it), or
+            `None` to write nothing. Defaults to `None`.
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    shapes = _parse_shapes(args.shapes)
-    dtypes = [d for d in args.dtypes.split(",") if d]
+    Returns:
+        A `BenchmarkResult`.
+    """
     for dtype in dtypes:
         if dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(
-                "Argument `--dtypes` takes float32, float16 and bfloat16. "
-                f"Received: --dtypes={args.dtypes}"
+                "Argument `dtypes` takes float32, float16 and bfloat16. "
+                f"Received: dtypes={list(dtypes)}"
             )
-    rows = bench_layers(shapes, dtypes, args.iters, args.samples,
-                        include_group=not args.no_group,
-                        torch_reference=args.torch_reference)
-    if args.model:
-        rows += bench_train_step(
-            args.model,
-            args.model_batch_size,
-            ["batch", "ghost", "sequential"],
-            iters=max(1, args.iters // 2),
-            samples=args.samples,
-            precision=args.model_precision,
+    backend = keras.backend.backend()
+    if graph_mode is None:
+        graph_mode = backend == "tensorflow"
+    if graph_mode and backend != "tensorflow":
+        raise ValueError(
+            "Argument `graph_mode` needs the tensorflow backend. "
+            f"Received: graph_mode={graph_mode} on {backend}"
         )
-    result = {
-        "device": device_name(),
-        "backend": keras.backend.backend(),
-        "versions": _versions(),
-        "peak_memory_bytes": _peak_memory(),
-        "groups_c": GROUPS_C,
-        "groups_m": GROUPS_M,
-        "iters": args.iters,
-        "samples": args.samples,
-        "rows": rows,
-    }
-    table = markdown_table(rows)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        with open(args.out.rsplit(".", 1)[0] + ".md", "w") as f:
-            f.write(f"Device: {result['device']}, backend "
-                    f"{result['backend']}, {result['versions']}\n\n")
-            f.write(table + "\n")
+    rows = bench_layers(shapes, dtypes, iters, samples,
+                        include_group=include_group,
+                        torch_reference=torch_reference,
+                        graph_mode=graph_mode)
+    if model:
+        rows += bench_train_step(
+            model,
+            model_batch_size,
+            ["batch", "ghost", "sequential"],
+            iters=max(1, iters // 2),
+            samples=samples,
+            precision=model_precision,
+        )
+    result = BenchmarkResult(
+        device=device_name(),
+        backend=backend,
+        versions=utils.versions(),
+        peak_memory_bytes=_peak_memory(),
+        groups_c=GROUPS_C,
+        groups_m=GROUPS_M,
+        iters=iters,
+        samples=samples,
+        rows=rows,
+    )
+    if out:
+        result.save(out)
     return result
+
+
+def main(argv=None):
+    """`keras-seqnorm bench` (and `python benchmarks/run.py`): runs the
+    command line `argv` (default: `sys.argv[1:]`) through the command's
+    parser in `keras_seqnorm.cli`; returns the `BenchmarkResult`."""
+    from keras_seqnorm import cli
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return cli.run_command(["bench", *argv])
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from keras_seqnorm.training.config import build_parser
 from keras_seqnorm.training.config import default_run_dir
 from keras_seqnorm.training.config import given_values
 from keras_seqnorm.training.config import make_config
-from keras_seqnorm.training.config import one_line_error
 from keras_seqnorm.training.config import run_id
 from keras_seqnorm.utils import comma_list
 from keras_seqnorm.utils import format_failures
@@ -61,19 +60,16 @@ class Command:
 
     Attributes:
         summary: One line for `keras-seqnorm --help`.
-        parser: Builds the command's parser (without importing Keras), or
-            `None` for a command that parses its own flags (`bench`, whose
-            parser lives with the benchmark).
+        parser: Builds the command's parser (without importing Keras).
         run: `run(namespace)` calls the command's function with the parsed
-            flags, prints its outcome and returns its result; without a
-            `parser`, `run(argv)` takes the command's arguments.
+            flags, prints its outcome and returns its result.
         tensorflow: Whether the command needs TensorFlow whatever the
             backend (its `tf.data` pipelines), so that TensorFlow is
             imported with its log lines silenced too.
     """
 
     summary: str
-    parser: typing.Callable[[], argparse.ArgumentParser] | None
+    parser: typing.Callable[[], argparse.ArgumentParser]
     run: typing.Callable[[argparse.Namespace], object]
     tensorflow: bool = True
 
@@ -402,10 +398,86 @@ def _reproduce(namespace):
 # bench
 
 
-def _bench(argv):
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _shape(text):
+    shape = tuple(int(d) for d in text.split("x"))
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(text)
+    return shape
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer. Received: {text!r}"
+        )
+    return value
+
+
+def _bench_parser():
+    parser = CommandParser(
+        prog="keras-seqnorm bench",
+        description="Time GhostNorm and SeqNorm against BatchNormalization "
+        "and print the tables; nothing is written without --out.",
+    )
+    add = parser.add_argument
+    add("--shapes", type=comma_list(
+        "shapes", _shape, "NxHxWxC shapes separated by commas",
+        "128x32x32x160,64x8x8x32",
+    ), help="activation shapes, channels last (default: WRN-28-10's, "
+        "ResNet-50's and the small ones of docs/performance.md)")
+    add("--dtypes", default=("float32", "bfloat16"), type=comma_list(
+        "dtypes", str, f"dtypes from {', '.join(_DTYPES)} separated by "
+        "commas", "float32,bfloat16", distinct=True,
+        check=_DTYPES.__contains__,
+    ), help="input dtypes; half precision runs under the matching mixed "
+        "policy (default: float32,bfloat16)")
+    add("--iters", type=_positive, default=5,
+        help="calls per timed sample")
+    add("--samples", type=_positive, default=7,
+        help="interleaved samples; the median is reported")
+    add("--model", default="wrn16_4",
+        help="model for the train-step timing ('' skips it); use wrn28_10 "
+        "with batch 128 on a GPU")
+    add("--model-batch-size", type=_positive, default=32)
+    add("--model-precision", default="float32")
+    add("--no-group", action="store_true",
+        help="skip keras.layers.GroupNormalization")
+    add("--no-graph-mode", action="store_true",
+        help="skip the TensorFlow graph-mode (no XLA) timings")
+    add("--torch-reference", action="store_true",
+        help="also time the paper's PyTorch SeqNorm (F.group_norm, then "
+        "Figure A1), eager and under torch.compile, in the same "
+        "interleaved loop (needs torch)")
+    add("--out", help="write the results to this JSON path (and a .md "
+        "table beside it); by default nothing is written")
+    return parser
+
+
+def _bench(namespace):
     from keras_seqnorm import benchmark
 
-    return benchmark.main(argv)
+    result = benchmark.run(
+        shapes=namespace.shapes or benchmark.DEFAULT_SHAPES,
+        dtypes=namespace.dtypes,
+        iters=namespace.iters,
+        samples=namespace.samples,
+        model=namespace.model,
+        model_batch_size=namespace.model_batch_size,
+        model_precision=namespace.model_precision,
+        include_group=not namespace.no_group,
+        torch_reference=namespace.torch_reference,
+        graph_mode=False if namespace.no_graph_mode else None,
+        out=namespace.out,
+    )
+    print(result.markdown())
+    return result
 
 
 COMMANDS = {
@@ -423,8 +495,8 @@ COMMANDS = {
         _tune_parser, _tune,
     ),
     "bench": Command(
-        "time the layers against BatchNormalization", None, _bench,
-        tensorflow=False,
+        "time the layers against BatchNormalization", _bench_parser,
+        _bench, tensorflow=False,
     ),
     "reproduce": Command(
         "write the reproduction report docs/results.md",
@@ -456,19 +528,6 @@ def exit_status(result):
     ):
         return 1
     return 0
-
-
-@contextlib.contextmanager
-def one_line_errors():
-    """Makes every `argparse` error inside the block one line, ending with
-    `see PROG --help`, with exit status 2 (for the commands whose parser is
-    a plain `argparse.ArgumentParser`)."""
-    error = argparse.ArgumentParser.error
-    argparse.ArgumentParser.error = one_line_error
-    try:
-        yield
-    finally:
-        argparse.ArgumentParser.error = error
 
 
 @contextlib.contextmanager
@@ -531,11 +590,6 @@ def run_command(argv):
     backend_logs = BACKEND_LOGS in argv
     argv = [arg for arg in argv if arg != BACKEND_LOGS]
     command = COMMANDS[argv[0]]
-    if command.parser is None:
-        if not backend_logs:
-            quiet_backend(command.tensorflow)
-        with one_line_errors():
-            return command.run(argv[1:])
     parser = command.parser()
     parser.epilog = _EPILOG
     namespace = parser.parse_args(argv[1:])

@@ -8,25 +8,31 @@ fused computation is:
 
 1. `sample_channel_moments`: one reduction over the input gives the count,
    mean and biased variance of every (sample, channel) slice, shape `(M, C)`.
-2. `channel_group_moments` / `ghost_batch_moments`: the exact parallel
-   variance formula (Chan et al.) combines those into the statistics of
-   channel groups (GroupNorm) or ghost batches (GhostNorm), still `(M, C)`.
-3. `normalize`: one elementwise `(x - centre) * scale + offset` with a
+2. `channel_group_moments` / `ghost_batch_moments`: those are pooled into
+   the statistics of channel groups (GroupNorm) or ghost batches
+   (GhostNorm), each stage by one reduction around a reference value, so
+   the pooled variance is exact for inputs far from zero.
+3. `apply_affine`: one elementwise `(x - centre) * scale + offset` with a
    per-(sample, channel) centre and scale.
 
-The input is read twice and written once, like BatchNormalization, whatever
-the number of channel groups and ghost batches.
-
-Both passes have a custom gradient (`shifted_moments`, `apply_affine`), so
-the backward pass is two more passes too: one reduction of the upstream
-gradient, one elementwise pass. Under XLA every `(M, C)` term between the
-passes is materialized (`rows_apart`); otherwise XLA fuses the channel-group
-and ghost-batch arithmetic into the passes over the input and redoes it at
-every position of every sample.
+`sequential_normalization` is the whole of GhostNorm or SeqNorm as one pure
+function of `(x, gamma, beta)`. It reads the input twice and writes it once,
+like BatchNormalization, whatever the number of channel groups and ghost
+batches. In training on TensorFlow and JAX it has one custom gradient for
+the whole layer: the backward pass is one reduction over the upstream
+gradient and one elementwise pass, with every `(M, C)` term of each
+direction computed by a handful of stacked reductions. Under XLA those
+terms are computed apart from the passes over the input (`fusion_barrier`)
+instead of being redone at every position.
 """
 
+import collections
+
 import keras
+import numpy as np
 from keras import ops
+
+from keras_seqnorm import _keras_compat
 
 
 def resolve_axis(axis, rank):
@@ -39,16 +45,16 @@ def reduction_axes(rank, channel_axis):
     return [a for a in range(1, rank) if a != channel_axis]
 
 
-def _as_matrix(t, channels):
-    # (M, 1, ..., C, ..., 1) -> (M, C): every other axis has size one.
-    return ops.reshape(t, (-1, channels))
-
-
 def broadcast_shape(rank, channel_axis, channels):
     """Shape that broadcasts an `(M, C)` tensor against the input."""
     return [-1] + [
         channels if a == channel_axis else 1 for a in range(1, rank)
     ]
+
+
+def _as_matrix(t, channels):
+    # (M, 1, ..., C, ..., 1) -> (M, C): every other axis has size one.
+    return ops.reshape(t, (-1, channels))
 
 
 def _mask_weights(mask, x):
@@ -58,20 +64,52 @@ def _mask_weights(mask, x):
     return ops.broadcast_to(mask, ops.shape(x))
 
 
-def rows_apart(t):
-    """`t` itself, computed apart from the loops that read it.
+def under_xla():
+    """Whether the computation being built will be compiled by XLA.
 
-    An identity for values and gradients: each row of `t` is added once into
-    zeros by a scatter, which XLA never fuses into its consumers nor its
-    producers. So the `(M, C)` statistics are computed once and stored
-    instead of being recomputed inside every loop over the input, and a
-    reduction over the input is never duplicated into its consumers. Without
-    XLA (the torch backend) `t` is returned as it is.
+    Always on JAX; on TensorFlow inside a `tf.function(jit_compile=True)`
+    or a function called from one; never on other backends.
     """
-    if keras.backend.backend() not in ("tensorflow", "jax"):
-        return t
-    rows = ops.shape(t)[0]
-    return ops.segment_sum(t, ops.arange(rows), num_segments=rows)
+    backend = keras.backend.backend()
+    return backend == "jax" or (
+        backend == "tensorflow" and _keras_compat.in_xla_context()
+    )
+
+
+def fusion_barrier(*tensors, xla=None):
+    """The tensors themselves, computed apart from their consumers under XLA.
+
+    An identity for values and gradients. Under XLA the tensors, which must
+    share one shape, are stacked and gathered by constant indices, which
+    XLA neither simplifies away nor fuses into a consumer that reads each
+    value many times (nor fuses a reduction into its consumers through):
+    so small `(M, C)` statistics are computed once, in one kernel, and
+    stored, instead of being recomputed (with the index arithmetic of their
+    broadcasts) at every position of the loops over the input that read
+    them. (`jax.lax.optimization_barrier` does not do this on CPUs: XLA
+    removes it before fusion there.) Elsewhere the tensors come back as
+    they are.
+
+    Args:
+        *tensors: Tensors of one shape, batch first.
+        xla: Whether XLA compiles the computation; `None` asks
+            `under_xla()`. A custom gradient's backward function is traced
+            apart from its forward function: pass what the forward saw.
+
+    Returns:
+        The tensor for one argument, else a tuple of them.
+    """
+    if xla is None:
+        xla = under_xla()
+    if xla:
+        # Gathered along the stacking axis, never the batch axis: a batch
+        # sharded over devices stays where it is.
+        stacked = ops.stack(tensors, axis=1)
+        stacked = ops.take(
+            stacked, np.arange(len(tensors), dtype="int32"), axis=1
+        )
+        tensors = tuple(stacked[:, i] for i in range(len(tensors)))
+    return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
 
 def _slice_size(x, axes):
@@ -80,6 +118,78 @@ def _slice_size(x, axes):
     for a in axes:
         size = size * ops.shape(x)[a]
     return ops.cast(size, x.dtype)
+
+
+def _variance(square_mean, mean):
+    # E[d^2] - E[d]^2, never negative; where E[d^2] overflows to inf the
+    # variance is inf (as BatchNormalization's), never inf - inf = NaN.
+    return ops.where(
+        ops.isinf(square_mean),
+        square_mean,
+        ops.maximum(square_mean - ops.square(mean), 0.0),
+    )
+
+
+def _sums(tensors, axis, outputs=False, differentiable=True):
+    # The sums of same-shaped tensors over `axis`, as one reduction. On JAX
+    # a variadic reduce, which XLA fuses with the tensors' producers (a
+    # reduction of a stacked tensor would be materialized first on CPUs),
+    # where no gradient is needed (inside custom gradients): JAX does not
+    # differentiate it. Elsewhere one reduction of the stacked tensors, or,
+    # for sums that are `outputs` of the computation, one each (slices of
+    # one stacked sum would each be copied out).
+    tensors = tuple(tensors)
+    axis = axis % len(tensors[0].shape)
+    if keras.backend.backend() == "jax" and not differentiable:
+        from jax import lax
+
+        zeros = tuple(ops.zeros((), t.dtype) for t in tensors)
+        return tuple(lax.reduce(
+            tensors,
+            zeros,
+            lambda a, b: tuple(u + v for u, v in zip(a, b)),
+            (axis,),
+        ))
+    if outputs:
+        return tuple(ops.sum(t, axis=axis) for t in tensors)
+    sums = ops.sum(ops.stack(tensors), axis=axis + 1)
+    return tuple(sums[i] for i in range(len(tensors)))
+
+
+def _upstream(args, upstream):
+    # Keras passes upstream gradients positionally (TensorFlow: one per
+    # output; JAX: one tuple) or by keyword (torch).
+    if upstream is not None:
+        return upstream
+    if len(args) == 1:
+        return args[0]
+    return args
+
+
+def _shifted_sums(x, channel_axis, groups=None, apart=False):
+    # (shift, shifted, d, q): the shift s of every slice, x - s, and the
+    # (M, C) means of x - s and (x - s)^2. The shift is the slice's first
+    # element, or with channel `groups` that of the group's first channel
+    # (for all channels of the group). With `apart`, d and q pass a fusion
+    # barrier.
+    rank = len(x.shape)
+    channels = x.shape[channel_axis]
+    axes = reduction_axes(rank, channel_axis)
+    first = tuple(
+        slice(0, 1) if a in axes else slice(None) for a in range(rank)
+    )
+    shift = _as_matrix(x[first], channels)
+    if groups is not None:
+        shift = groups.spread(groups.first(shift))
+    full = broadcast_shape(rank, channel_axis, channels)
+    shifted = x - ops.reshape(shift, full)
+    d = _as_matrix(ops.mean(shifted, axis=axes, keepdims=True), channels)
+    q = _as_matrix(
+        ops.mean(ops.square(shifted), axis=axes, keepdims=True), channels
+    )
+    if apart:
+        d, q = fusion_barrier(d, q, xla=True)
+    return shift, shifted, d, q
 
 
 def shifted_moments(x, channel_axis):
@@ -101,42 +211,29 @@ def shifted_moments(x, channel_axis):
     """
     x = ops.convert_to_tensor(x)
     rank = len(x.shape)
-    axes = reduction_axes(rank, channel_axis)
     full = broadcast_shape(rank, channel_axis, x.shape[channel_axis])
-    first = tuple(
-        slice(0, 1) if a in axes else slice(None) for a in range(rank)
-    )
-    count = _slice_size(x, axes)
+    count = _slice_size(x, reduction_axes(rank, channel_axis))
+
+    xla = under_xla()
 
     @ops.custom_gradient
     def moments(x):
-        shift = x[first]
-        shifted = x - shift
-        shifted_mean = rows_apart(ops.mean(shifted, axis=axes))
-        shifted_square = rows_apart(ops.mean(ops.square(shifted), axis=axes))
-        variance = ops.maximum(shifted_square - ops.square(shifted_mean), 0.0)
-        shift = ops.reshape(shift, ops.shape(shifted_mean))
-        mean = shift + shifted_mean
+        shift, shifted, d, q = _shifted_sums(x, channel_axis)
 
         def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
+            upstream = _upstream(args, upstream)
             grad_mean, grad_variance = upstream[0], upstream[1]
             # 2 (x - mean) g / n, written around the shift: x - shift is
             # exact where x - mean would round mean to x's precision.
             slope = grad_variance * (2.0 / count)
-            terms = ops.stack(
-                [shift, slope, grad_mean / count - shifted_mean * slope],
-                axis=1,
+            offset = grad_mean / count - d * slope
+            slope, offset = fusion_barrier(slope, offset, xla=xla)
+            return shifted * ops.reshape(slope, full) + ops.reshape(
+                offset, full
             )
-            centre, slope, offset = (
-                ops.reshape(t, full)
-                for t in ops.unstack(rows_apart(terms), axis=1)
-            )
-            return (x - centre) * slope + offset
 
         # One output: the torch backend's custom gradient takes only one.
-        return ops.stack([mean, variance]), grad
+        return ops.stack([shift + d, _variance(q, d)]), grad
 
     both = moments(x)
     return both[0], both[1]
@@ -188,14 +285,190 @@ def sample_channel_moments(x, channel_axis, mask=None):
     )
 
 
-def _combine(count, mean, variance, axis):
-    # Chan et al.'s parallel formula: exact, and every term is non-negative.
-    total = ops.sum(count, axis=axis, keepdims=True)
-    safe = ops.where(total > 0, total, 1.0)
-    combined_mean = ops.sum(count * mean, axis=axis, keepdims=True) / safe
-    spread = variance + ops.square(mean - combined_mean)
-    combined_variance = ops.sum(count * spread, axis=axis, keepdims=True) / safe
-    return total, combined_mean, combined_variance
+class _ChannelGroups:
+    """`groups` contiguous groups of the channels of `(M, C)` rows."""
+
+    def __init__(self, channels, groups):
+        self.channels = channels
+        self.groups = groups
+        self.width = channels // groups
+
+    def sum(self, *tensors, differentiable=True):
+        """Sum over each group, `(M, C)` -> `(M, G)`, for each tensor."""
+        split = (-1, self.groups, self.width)
+        return _sums(
+            (ops.reshape(t, split) for t in tensors), -1,
+            differentiable=differentiable,
+        )
+
+    def first(self, t):
+        """The first channel of each group, `(M, G)`."""
+        return ops.reshape(t, (-1, self.groups, self.width))[:, :, 0]
+
+    def spread(self, *tensors):
+        """`(M, G)` -> `(M, C)`: every channel gets its group's value."""
+        if len(tensors) > 1:
+            return tuple(self.spread(t) for t in tensors)
+        t = ops.expand_dims(tensors[0], -1)
+        full = ops.broadcast_to(
+            t, (ops.shape(t)[0], self.groups, self.width)
+        )
+        return ops.reshape(full, (-1, self.channels))
+
+    def sizes(self, dtype):
+        return ops.cast(self.width, dtype)
+
+
+class _GhostBatches:
+    """Contiguous ghost batches of the samples of `(M, C)` rows.
+
+    Ghost batches follow `numpy.array_split`: the first `M % G` hold one
+    sample more. Sums over ghost batches lay the rows out as `(G, W, C)`,
+    W the largest ghost batch (the shorter ones padded with zeros): a
+    reshape when G divides M, else a gather of rows by a `(G, W)` table.
+    Every step is a reshape, broadcast or gather, no scatter, so under XLA
+    each fuses with its neighbours. The batch size may be a Python int or,
+    in a TensorFlow graph, a scalar tensor (the tables are then computed;
+    XLA folds them into constants).
+    """
+
+    def __init__(self, batch_size, groups):
+        self.groups = groups
+        self.size, self.extra = batch_size // groups, batch_size % groups
+        # Known to divide evenly: reshapes and broadcasts only.
+        self.even = isinstance(batch_size, int) and not self.extra
+        if self.even:
+            return
+        static = isinstance(batch_size, int)
+        xp = np if static else ops
+        self.width = self.size + xp.minimum(self.extra, 1)
+        index = xp.arange(groups)
+        sizes = xp.where(index < self.extra, self.size + 1, self.size)
+        self.starts = xp.where(
+            index < self.extra,
+            index * (self.size + 1),
+            self.extra * (self.size + 1) + (index - self.extra) * self.size,
+        )
+        offsets = xp.arange(self.width)
+        # The samples of every ghost batch as a (G, W) table, with a mask
+        # of the real ones, and the ghost batch of every sample.
+        self.valid = offsets[None, :] < sizes[:, None]
+        self.layout = xp.where(
+            self.valid, self.starts[:, None] + offsets[None, :], 0
+        )
+        self._sizes = sizes
+        if static:
+            self.ids = np.repeat(np.arange(groups), sizes).astype("int32")
+            self.layout = self.layout.astype("int32")
+        else:
+            self.ids = ghost_batch_ids(batch_size, groups)
+
+    def _split(self, t):
+        # (M, C) -> (G, W, C).
+        channels = t.shape[-1]
+        if self.even:
+            return ops.reshape(t, (self.groups, self.size, channels))
+        rows = ops.take(t, ops.reshape(self.layout, (-1,)), axis=0)
+        rows = ops.reshape(rows, (self.groups, self.width, channels))
+        return ops.where(self.valid[:, :, None], rows, 0.0)
+
+    def sum(self, *tensors, differentiable=True):
+        """Sum over each ghost batch, `(M, C)` -> `(G, C)`, for each."""
+        return _sums(
+            (self._split(t) for t in tensors), 1,
+            differentiable=differentiable,
+        )
+
+    def first(self, t):
+        """The first sample of each ghost batch, `(G, C)`."""
+        if self.even:
+            return t[:: self.size]
+        return ops.take(t, self.starts, axis=0)
+
+    def spread(self, *tensors):
+        """`(G, C)` -> `(M, C)`: every sample gets its ghost batch's row.
+
+        Unless G divides M a spread is a gather, which XLA computes apart:
+        three or more tensors are then stacked and gathered once (for two,
+        stacking costs a kernel of its own and saves none).
+        """
+        if not self.even and len(tensors) > 2:
+            stacked = self._spread(ops.stack(tensors, axis=1))
+            return tuple(stacked[:, i] for i in range(len(tensors)))
+        spread = tuple(self._spread(t) for t in tensors)
+        return spread[0] if len(tensors) == 1 else spread
+
+    def _spread(self, t):
+        # (G, ...) -> (M, ...).
+        rest = tuple(t.shape[1:])
+        if self.even:
+            full = ops.broadcast_to(
+                ops.expand_dims(t, 1), (self.groups, self.size) + rest
+            )
+            return ops.reshape(full, (-1,) + rest)
+        return ops.take(t, self.ids, axis=0)
+
+    def sizes(self, dtype):
+        """Samples per ghost batch, `(G, 1)`."""
+        if self.even:
+            sizes = np.full((self.groups, 1), self.size, "float32")
+            return ops.convert_to_tensor(sizes, dtype)
+        return ops.cast(ops.reshape(self._sizes, (-1, 1)), dtype)
+
+
+def _ghost_batches(batch_size, groups_m, ghost_batch_size):
+    groups = num_ghost_batches(batch_size, groups_m, ghost_batch_size)
+    return _GhostBatches(batch_size, groups)
+
+
+def _batch_size(t):
+    batch_size = t.shape[0]
+    return ops.shape(t)[0] if batch_size is None else batch_size
+
+
+def _pool(grouping, mean, variance, count=None, standardized=False,
+          differentiable=True):
+    """Mean and biased variance of each group's union of slices.
+
+    Around a reference `r` per group, with `e = mean - r`, the union has
+    mean `r + E[e]` and variance `E[variance + e^2] - E[e]^2`: one stacked
+    reduction, exact for any `r`, and accurate when `r` is near the means.
+    Without counts (every slice holds as many values) `r` is the group's
+    first mean, or 0 for `standardized` values (GroupNorm-ed ones: their
+    means and variances are at most 1, so no reference is needed); with
+    counts it is the exact count-weighted mean (Chan et al.'s parallel
+    formula), and slices of count 0 count in nothing.
+
+    Returns:
+        `(mean, variance, total_count)` per group (`total_count` is `None`
+        without counts).
+    """
+    total = None
+    if count is not None:
+        total, weighted = grouping.sum(
+            count, count * mean, differentiable=differentiable
+        )
+        size = ops.where(total > 0, total, 1.0)
+        reference = weighted / size
+    else:
+        size = grouping.sizes(mean.dtype)
+        reference = None if standardized else grouping.first(mean)
+    if reference is None:
+        deviation = mean
+    else:
+        reference = ops.stop_gradient(reference)
+        deviation = mean - grouping.spread(reference)
+    terms = (deviation, variance + ops.square(deviation))
+    if count is not None:
+        terms = tuple(ops.where(count > 0, count * t, 0.0) for t in terms)
+    shift, square = (
+        s / size
+        for s in grouping.sum(*terms, differentiable=differentiable)
+    )
+    pooled_variance = _variance(square, shift)
+    if reference is not None:
+        shift = reference + shift
+    return shift, pooled_variance, total
 
 
 def channel_group_moments(count, mean, variance, groups):
@@ -208,13 +481,12 @@ def channel_group_moments(count, mean, variance, groups):
     Returns:
         `(count, mean, variance)` of each channel's group, shape `(M, C)`.
     """
-    channels = mean.shape[-1]
-    split = (-1, groups, channels // groups)
-    grouped = [ops.reshape(t, split) for t in (count, mean, variance)]
-    full = ops.shape(grouped[1])
+    grouping = _ChannelGroups(mean.shape[-1], groups)
+    group_mean, group_variance, total = _pool(
+        grouping, mean, variance, count
+    )
     return tuple(
-        ops.reshape(ops.broadcast_to(t, full), (-1, channels))
-        for t in _combine(*grouped, axis=-1)
+        grouping.spread(t) for t in (total, group_mean, group_variance)
     )
 
 
@@ -261,33 +533,12 @@ def ghost_batch_moments(count, mean, variance, groups_m=None,
     Returns:
         `(count, mean, variance)` of each sample's ghost batch, `(M, C)`.
     """
-    batch_size = mean.shape[0]
-    if batch_size is None:
-        batch_size = ops.shape(mean)[0]
-    groups = num_ghost_batches(batch_size, groups_m, ghost_batch_size)
-    channels = mean.shape[-1]
-    if isinstance(batch_size, int) and batch_size % groups == 0:
-        split = (groups, batch_size // groups, channels)
-        stats = _combine(
-            ops.reshape(count, split),
-            ops.reshape(mean, split),
-            ops.reshape(variance, split),
-            axis=1,
-        )
-        return tuple(
-            ops.reshape(ops.broadcast_to(t, split), (batch_size, channels))
-            for t in stats
-        )
-    ids = ghost_batch_ids(batch_size, groups)
-    total = ops.segment_sum(count, ids, num_segments=groups)
-    safe = ops.where(total > 0, total, 1.0)
-    group_mean = ops.segment_sum(count * mean, ids, num_segments=groups) / safe
-    spread = variance + ops.square(mean - ops.take(group_mean, ids, axis=0))
-    group_variance = (
-        ops.segment_sum(count * spread, ids, num_segments=groups) / safe
+    grouping = _ghost_batches(_batch_size(mean), groups_m, ghost_batch_size)
+    ghost_mean, ghost_variance, total = _pool(
+        grouping, mean, variance, count
     )
     return tuple(
-        ops.take(t, ids, axis=0) for t in (total, group_mean, group_variance)
+        grouping.spread(t) for t in (total, ghost_mean, ghost_variance)
     )
 
 
@@ -302,19 +553,7 @@ def weighted_average(count, values):
     return ops.sum(count * values, axis=0) / safe, total
 
 
-def apply_affine(x, centre, scale, offset, channel_axis):
-    """`(x - centre) * scale + offset`, per (sample, channel), custom gradient.
-
-    The backward pass is one reduction of `dy` and `dy * (x - centre)` over
-    each (sample, channel) slice and one elementwise `dx = dy * scale`; the
-    gradients of `centre`, `scale` and `offset` come from those sums.
-
-    Args:
-        x: the input, rank >= 2.
-        centre, scale: `(M, C)` tensors.
-        offset: `(C,)` tensor or `None`.
-        channel_axis: non-negative channel axis of `x`.
-    """
+def _per_sample_affine(x, centre, scale, offset, channel_axis):
     x, centre, scale = (ops.convert_to_tensor(t) for t in (x, centre, scale))
     rank = len(x.shape)
     channels = x.shape[channel_axis]
@@ -326,22 +565,21 @@ def apply_affine(x, centre, scale, offset, channel_axis):
     offset = ops.convert_to_tensor(offset)
 
     def per_slice(t):
-        # Sums over each (sample, channel) slice, as (M, C), computed apart.
+        # Sums over each (sample, channel) slice, as (M, C).
         if axes:
             t = ops.sum(t, axis=axes)
-        return rows_apart(ops.reshape(t, (-1, channels)))
+        return ops.reshape(t, (-1, channels))
 
     @ops.custom_gradient
     def affine(x, centre, scale, offset):
-        both = rows_apart(ops.stack([centre, scale], axis=1))
-        full_centre = ops.reshape(both[:, 0], shape)
-        full_scale = ops.reshape(both[:, 1], shape)
+        centre, scale = fusion_barrier(centre, scale)
+        full_centre = ops.reshape(centre, shape)
+        full_scale = ops.reshape(scale, shape)
         outputs = (x - full_centre) * full_scale
         outputs = outputs + ops.reshape(offset, offset_shape)
 
         def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
+            upstream = _upstream(args, upstream)
             grad_sum = per_slice(upstream)
             grad_scale = per_slice(upstream * (x - full_centre))
             return (
@@ -356,8 +594,14 @@ def apply_affine(x, centre, scale, offset, channel_axis):
     return affine(x, centre, scale, offset)
 
 
-def normalize(x, centre, scale, offset, channel_axis):
-    """`(x - centre) * scale + offset` with per-(sample, channel) terms.
+def apply_affine(x, centre, scale, offset, channel_axis):
+    """`(x - centre) * scale + offset`, per (sample, channel) or per channel.
+
+    With `(M, C)` terms the affine has a custom gradient: the backward pass
+    is one reduction of `dy` and `dy * (x - centre)` over each (sample,
+    channel) slice and one elementwise `dx = dy * scale`; the gradients of
+    `centre`, `scale` and `offset` come from those sums. `(C,)` terms use
+    plain autodiff.
 
     Args:
         x: the input, rank >= 2.
@@ -366,7 +610,7 @@ def normalize(x, centre, scale, offset, channel_axis):
         channel_axis: non-negative channel axis of `x`.
     """
     if len(centre.shape) == 2:
-        return apply_affine(x, centre, scale, offset, channel_axis)
+        return _per_sample_affine(x, centre, scale, offset, channel_axis)
     rank = len(x.shape)
     shape = broadcast_shape(rank, channel_axis, x.shape[channel_axis])
     shape[0] = 1
@@ -374,6 +618,64 @@ def normalize(x, centre, scale, offset, channel_axis):
     if offset is not None:
         outputs = outputs + ops.reshape(offset, shape)
     return outputs
+
+
+def _group_stage(grouping, mean, variance, count, epsilon):
+    # SeqNorm's GroupNorm stage on (M, C) moments: the mean and inverse std
+    # 1 / sqrt(variance + eps) of every (sample, group), (M, G), and the
+    # moments of the GroupNorm-ed values, (M, C). An infinite group
+    # variance gives inv_std 0 and GroupNorm-ed values 0, never inf * 0.
+    group_mean, group_variance, _ = _pool(grouping, mean, variance, count)
+    # Where the variance is infinite, inv_std is 0 without differentiating
+    # rsqrt there (0 * inf would be NaN).
+    infinite = ops.isinf(group_variance)
+    inv_std = ops.where(
+        infinite, 0.0,
+        ops.rsqrt(ops.where(infinite, 0.0, group_variance) + epsilon),
+    )
+    spread_inv_std = grouping.spread(inv_std)
+    finite = spread_inv_std > 0
+    normed = ops.where(
+        finite, (mean - grouping.spread(group_mean)) * spread_inv_std, 0.0
+    )
+    normed_variance = ops.where(
+        finite, ops.where(finite, variance, 0.0) * ops.square(spread_inv_std),
+        0.0,
+    )
+    return group_mean, inv_std, normed, normed_variance
+
+
+def _inverse_std(variance, epsilon):
+    # 1 / sqrt(variance + eps) and sqrt(variance + eps) (1 where that is
+    # infinite).
+    shifted = variance + epsilon
+    inv_std = ops.rsqrt(shifted)
+    # sqrt(v) as v / sqrt(v): one expensive operation, not two.
+    return inv_std, ops.where(inv_std > 0, shifted * inv_std, 1.0)
+
+
+def _finite(t):
+    # inf clipped to the largest float, so that inf * 0 is 0, not NaN.
+    return ops.minimum(t, np.finfo(keras.backend.standardize_dtype(
+        t.dtype)).max)
+
+
+SequentialMoments = collections.namedtuple(
+    "SequentialMoments",
+    ["group_mean", "group_inv_std", "count", "mean", "variance",
+     "sample_count"],
+)
+SequentialMoments.__doc__ = """The statistics of GhostNorm or SeqNorm.
+
+Fields (all `(M, C)`):
+    group_mean, group_inv_std: the GroupNorm stage (SeqNorm), the mean and
+        `1 / sqrt(variance + epsilon)` of each sample's channel group;
+        `None` for GhostNorm.
+    count, mean, variance: the ghost batch of every sample (of the
+        GroupNorm-ed values for SeqNorm); `None` in inference. `count` is
+        the number of values in the ghost batch.
+    sample_count: the number of values in each (sample, channel) slice.
+"""
 
 
 def sequential_moments(x, channel_axis, groups_c=None, groups_m=None,
@@ -385,51 +687,454 @@ def sequential_moments(x, channel_axis, groups_c=None, groups_m=None,
     then GhostNorm over `groups_m` ghost batches; both stages come from the
     per-(sample, channel) moments of `x`, never from a normalized copy of it.
 
-    Returns a dict with:
-        `group_mean`, `group_inv_std`: the GroupNorm stage as `(M, C)`, or
-            `None` for GhostNorm;
-        and, when `training`:
-        `count`, `mean`, `variance`: the ghost batch of every sample, as
-            `(M, C)`, of the GroupNorm-ed values for SeqNorm;
-        `sample_count`: the per-(sample, channel) counts.
+    Returns:
+        A `SequentialMoments` named tuple.
     """
     count, mean, variance = sample_channel_moments(x, channel_axis, mask)
-    result = {"group_mean": None, "group_inv_std": None}
+    group_mean = inv_std = None
     if groups_c is not None:
-        _, group_mean, group_variance = channel_group_moments(
-            count, mean, variance, groups_c
+        grouping = _ChannelGroups(mean.shape[-1], groups_c)
+        group_mean, inv_std, mean, variance = _group_stage(
+            grouping, mean, variance, count, epsilon
         )
-        inv_std = ops.rsqrt(group_variance + epsilon)
-        result["group_mean"] = group_mean
-        result["group_inv_std"] = inv_std
-        mean = (mean - group_mean) * inv_std
-        variance = variance * ops.square(inv_std)
-    if training:
-        ghost = ghost_batch_moments(
-            count, mean, variance, groups_m, ghost_batch_size
+        group_mean, inv_std = grouping.spread(group_mean, inv_std)
+    if not training:
+        return SequentialMoments(
+            group_mean, inv_std, None, None, None, count
         )
-        result["count"], result["mean"], result["variance"] = ghost
-        result["sample_count"] = count
-    return result
+    ghost_count, ghost_mean, ghost_variance = ghost_batch_moments(
+        count, mean, variance, groups_m, ghost_batch_size
+    )
+    return SequentialMoments(
+        group_mean, inv_std, ghost_count, ghost_mean, ghost_variance, count
+    )
 
 
-def sequential_normalize(x, stats, mean, variance, gamma, beta, epsilon,
+def _safe_divide(a, b):
+    # a / b where b > 0, else a (b is an inv_std, 0 only when infinite).
+    return a / ops.where(b > 0, b, 1.0)
+
+
+def sequential_normalize(x, moments, mean, variance, gamma, beta, epsilon,
                          channel_axis, ghost_count=None):
-    """Applies the normalization described by `stats` in one pass.
+    """Applies the normalization described by `moments` in one pass.
 
-    `mean` and `variance` are the ghost stage's statistics: per sample
-    `(M, C)` in training, the moving statistics `(C,)` in inference. The
-    output is `((x - mu_gc) * r_gc - mean) / sqrt(variance + eps) * gamma +
-    beta`, folded into one `(x - centre) * scale + beta`. Where a ghost batch
-    holds no unmasked value (`ghost_count == 0`) the output is `beta`.
+    `moments` is a `SequentialMoments`; `mean` and `variance` are the ghost
+    stage's statistics: per sample `(M, C)` in training, the moving
+    statistics `(C,)` in inference. The output is
+    `((x - mu_gc) * r_gc - mean) / sqrt(variance + eps) * gamma + beta`,
+    folded into one `(x - centre) * scale + beta`. Where a ghost batch holds
+    no unmasked value (`ghost_count == 0`) the output is `beta`.
     """
     scale = ops.rsqrt(variance + epsilon)
     if gamma is not None:
         scale = scale * gamma
     if ghost_count is not None:
         scale = ops.where(ghost_count > 0, scale, 0.0)
-    if stats["group_mean"] is None:
-        return normalize(x, mean, scale, beta, channel_axis)
-    inv_std = stats["group_inv_std"]
-    centre = stats["group_mean"] + mean / inv_std
-    return normalize(x, centre, scale * inv_std, beta, channel_axis)
+    if moments.group_mean is None:
+        return apply_affine(x, mean, scale, beta, channel_axis)
+    inv_std = moments.group_inv_std
+    centre = moments.group_mean + _safe_divide(mean, inv_std)
+    return apply_affine(x, centre, scale * inv_std, beta, channel_axis)
+
+
+Normalization = collections.namedtuple(
+    "Normalization",
+    ["outputs", "mean", "variance", "count", "moving_mean",
+     "moving_variance"],
+)
+Normalization.__doc__ = """The result of `sequential_normalization`.
+
+Fields:
+    outputs: the normalized input.
+    mean, variance: in training, the batch statistics that the moving
+        averages track, `(C,)`: the count-weighted averages of the ghost
+        batches' means and biased variances; `None` in inference.
+    count: in training, the number of values behind them, `(C,)` (0 where
+        every value of a channel is masked); `None` in inference.
+    moving_mean, moving_variance: in training with a `momentum`, the
+        updated moving statistics, `moving * momentum + batch * (1 -
+        momentum)` (unchanged where `count` is 0); else `None`.
+
+The statistics carry no gradient.
+"""
+
+
+def sequential_normalization(x, gamma=None, beta=None, *, channel_axis,
+                             groups_c=None, groups_m=None,
+                             ghost_batch_size=None, epsilon=1e-3,
+                             training=True, moving_mean=None,
+                             moving_variance=None, momentum=None, mask=None):
+    """GhostNorm (`groups_c=None`) or SeqNorm, as one pure function.
+
+    What `GhostNormalization` and `SequentialNormalization` compute, without
+    the layer's state: the statistics and the affine, and in training the
+    batch statistics and the updated moving statistics. Unmasked training
+    on TensorFlow and JAX takes one custom gradient for the whole function,
+    and updates the moving statistics within the reduction that computes
+    the batch statistics; otherwise the statistics (`sequential_moments`)
+    and the affine (`sequential_normalize`) are differentiated step by
+    step.
+
+    Args:
+        x: float tensor of rank >= 2, batch on axis 0.
+        gamma, beta: `(C,)` tensors or `None`.
+        channel_axis: non-negative channel axis of `x`.
+        groups_c: channel groups of the GroupNorm stage, or `None`
+            (GhostNorm).
+        groups_m, ghost_batch_size: the ghost batches (give one).
+        epsilon: added to every variance.
+        training: ghost-batch statistics (`True`) or the moving ones.
+        moving_mean, moving_variance: `(C,)`: normalize with them in
+            inference, update them in training.
+        momentum: momentum of the moving statistics, or `None` to leave
+            them alone.
+        mask: optional boolean mask, `x.shape[:-1]` or broadcastable.
+
+    Returns:
+        A `Normalization` named tuple.
+    """
+    x = ops.convert_to_tensor(x)
+    if training and mask is None and keras.backend.backend() in (
+        "tensorflow", "jax"
+    ):
+        return _fused_training(
+            x, gamma, beta, channel_axis, groups_c, groups_m,
+            ghost_batch_size, epsilon, moving_mean, moving_variance,
+            momentum,
+        )
+    moments = sequential_moments(
+        x, channel_axis, groups_c=groups_c, groups_m=groups_m,
+        ghost_batch_size=ghost_batch_size, epsilon=epsilon, mask=mask,
+        training=training,
+    )
+    if not training:
+        outputs = sequential_normalize(
+            x, moments, moving_mean, moving_variance, gamma, beta, epsilon,
+            channel_axis,
+        )
+        return Normalization(outputs, None, None, None, None, None)
+    outputs = sequential_normalize(
+        x, moments, moments.mean, moments.variance, gamma, beta, epsilon,
+        channel_axis,
+        ghost_count=moments.count if mask is not None else None,
+    )
+    count = moments.sample_count
+    batch_mean, total = weighted_average(count, moments.mean)
+    batch_variance, _ = weighted_average(count, moments.variance)
+    batch_mean, batch_variance = (
+        ops.stop_gradient(t) for t in (batch_mean, batch_variance)
+    )
+    new_mean = new_variance = None
+    if momentum is not None:
+        new_mean, new_variance = (
+            ops.where(total > 0, old * momentum + new * (1.0 - momentum), old)
+            for old, new in (
+                (moving_mean, batch_mean), (moving_variance, batch_variance)
+            )
+        )
+    return Normalization(
+        outputs, batch_mean, batch_variance, total, new_mean, new_variance
+    )
+
+
+def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
+                    ghost_batch_size, epsilon, moving_mean, moving_variance,
+                    momentum):
+    # Training without a mask, with one custom gradient for the whole layer
+    # (`_FusedNormalization` says how it is computed).
+    fused = _FusedNormalization(
+        x, channel_axis, groups_c, groups_m, ghost_batch_size, epsilon
+    )
+    has_gamma, has_beta = gamma is not None, beta is not None
+    if gamma is None:
+        gamma = ops.ones((fused.channels,), x.dtype)
+    if beta is None:
+        beta = ops.zeros((fused.channels,), x.dtype)
+
+    @ops.custom_gradient
+    def normalize(x, gamma, beta):
+        outputs, weighted, saved = fused.forward(x, gamma, beta)
+
+        def grad(*args, upstream=None):
+            dy = _upstream(args, upstream)[0]
+            grad_x, grad_gamma, grad_beta = fused.backward(x, dy, saved)
+            return (
+                grad_x,
+                grad_gamma if has_gamma else ops.zeros_like(grad_gamma),
+                grad_beta if has_beta else ops.zeros_like(grad_beta),
+            )
+
+        return (outputs,) + weighted, grad
+
+    outputs, weighted_mean, weighted_variance = normalize(x, gamma, beta)
+    weighted_mean, weighted_variance = (
+        ops.stop_gradient(t) for t in (weighted_mean, weighted_variance)
+    )
+    batch_mean, batch_variance = _sums(
+        (weighted_mean, weighted_variance), 0, differentiable=False
+    )
+    count = ops.ones_like(batch_mean) * (
+        ops.cast(fused.batch_size, x.dtype) * fused.size
+    )
+    new_mean = new_variance = None
+    if momentum is not None:
+        new_mean, new_variance = _moving_update(
+            weighted_mean, weighted_variance, moving_mean, moving_variance,
+            momentum,
+        )
+    return Normalization(
+        outputs, batch_mean, batch_variance, count, new_mean, new_variance
+    )
+
+
+def _moving_update(weighted_mean, weighted_variance, moving_mean,
+                   moving_variance, momentum):
+    # moving * momentum + batch * (1 - momentum) as one more row of the
+    # reduction of the weighted ghost statistics: no kernel of its own.
+    return _sums(
+        (
+            ops.concatenate([
+                weighted * (1.0 - momentum),
+                ops.expand_dims(moving, 0) * momentum,
+            ])
+            for weighted, moving in (
+                (weighted_mean, moving_mean),
+                (weighted_variance, moving_variance),
+            )
+        ),
+        0,
+        outputs=True,
+        differentiable=False,
+    )
+
+
+class _Saved:
+    """What the forward pass keeps for the backward pass: `(M, C)` terms."""
+
+
+class _FusedNormalization:
+    """GhostNorm or SeqNorm in training: forward and backward by hand.
+
+    Forward: pass 1 reduces x - s and (x - s)^2 per (sample, channel), s a
+    shift (the slice's first element; for SeqNorm that of its group's first
+    channel). SeqNorm's GroupNorm stage pools those over each sample's
+    channel groups into z = (x - group mean) * rho; the ghost stage pools
+    the per-slice moments of z (GhostNorm: of x) over ghost batches into mu
+    and r = 1 / sqrt(var + eps); pass 2 writes
+    y = gamma * r * (z - mu) + beta as (x - centre) * scale + beta.
+
+    Backward, BatchNorm's own formula twice: the ghost stage gives
+    dz = gamma r (dy - alpha - z_hat beta), alpha and beta the ghost means
+    of dy and dy * z_hat (z_hat = (z - mu) r); the GroupNorm stage gives
+    dx = rho (dz - E[dz] - z E[dz z]) over each (sample, group). Every mean
+    comes from pass 3's sums of dy and dy * (x - s) per (sample, channel),
+    so dx = dy * scale + (x - s) * slope + offset is pass 4, with `(M, C)`
+    terms.
+    """
+
+    def __init__(self, x, channel_axis, groups_c, groups_m,
+                 ghost_batch_size, epsilon):
+        rank = len(x.shape)
+        self.channel_axis = channel_axis
+        self.channels = x.shape[channel_axis]
+        self.axes = reduction_axes(rank, channel_axis)
+        self.full = broadcast_shape(rank, channel_axis, self.channels)
+        self.size = _slice_size(x, self.axes)
+        self.batch_size = _batch_size(x)
+        self.ghosts = _ghost_batches(
+            self.batch_size, groups_m, ghost_batch_size
+        )
+        self.groups = (
+            None if groups_c is None
+            else _ChannelGroups(self.channels, groups_c)
+        )
+        self.epsilon = epsilon
+        # Decided once: TensorFlow traces the backward function apart.
+        self.xla = under_xla()
+        # TensorFlow's XLA reduces (x - s)^2 and dy * (x - s) with its own
+        # loop emitter and fuses that into GhostNorm's ghost-batch
+        # reduction, a slow nested loop: there the per-slice sums get a
+        # kernel of their own. (JAX's XLA hands these reductions to
+        # YNNPACK, which fuses nothing.)
+        self.sums_apart = (
+            self.xla and self.groups is None
+            and keras.backend.backend() == "tensorflow"
+        )
+
+    def _broadcast(self, t):
+        return ops.reshape(t, self.full)
+
+    def forward(self, x, gamma, beta):
+        """Returns the outputs, the weighted ghost statistics and `_Saved`."""
+        s = _Saved()
+        if self.axes:
+            s.shift, _, s.d, s.q = _shifted_sums(
+                x, self.channel_axis, self.groups, apart=self.sums_apart
+            )
+        else:
+            s.shift = x if self.groups is None else self.groups.spread(
+                self.groups.first(x)
+            )
+            s.d = x - s.shift
+            s.q = ops.square(s.d)
+        if self.groups is not None:
+            s.normed, normed_variance = self._group_forward(s, x.dtype)
+        else:
+            s.normed, normed_variance = s.shift + s.d, _variance(s.q, s.d)
+        s.ghost_mean, ghost_variance, _ = _pool(
+            self.ghosts, s.normed, normed_variance,
+            standardized=self.groups is not None, differentiable=False,
+        )
+        s.sizes = self.ghosts.sizes(x.dtype)
+        # The batch statistics are the sums of these over ghost batches.
+        weights = s.sizes / ops.cast(self.batch_size, x.dtype)
+        weighted = (weights * s.ghost_mean, weights * ghost_variance)
+        s.inv_ghost = ops.rsqrt(ghost_variance + self.epsilon)
+        s.ghost_scale = s.inv_ghost * gamma
+        spread_mean, spread_scale = self.ghosts.spread(
+            s.ghost_mean, s.ghost_scale
+        )
+        if self.groups is not None:
+            centre = s.shift + s.spread_shift + spread_mean * s.spread_std
+            scale = s.spread_inv_std * spread_scale
+        else:
+            centre, scale = spread_mean, spread_scale
+        centre, scale = fusion_barrier(centre, scale, xla=self.xla)
+        outputs = (x - self._broadcast(centre)) * self._broadcast(scale)
+        outputs = outputs + ops.reshape(beta, [1] + self.full[1:])
+        return outputs, weighted, s
+
+    def _group_forward(self, s, dtype):
+        # Every slice of a group is shifted by the same value, a value of
+        # the group, so the group's moments are the means of d and q: one
+        # reduction of what pass 1 gave. Each slice's variance q - d^2
+        # keeps the accuracy that matters here, relative to the group's
+        # variance. Returns the per-slice mean and mean square of
+        # z = (x - s - e) * rho.
+        width = self.groups.sizes(dtype)
+        group_shift, group_square = (
+            t / width
+            for t in self.groups.sum(s.d, s.q, differentiable=False)
+        )
+        inv_std, std = _inverse_std(
+            _variance(group_square, group_shift), self.epsilon
+        )
+        s.spread_shift, s.spread_inv_std, s.spread_std = self.groups.spread(
+            group_shift, inv_std, std
+        )
+        normed = (s.d - s.spread_shift) * s.spread_inv_std
+        normed_variance = _finite(_variance(s.q, s.d)) * ops.square(
+            s.spread_inv_std
+        )
+        return normed, normed_variance
+
+    def backward(self, x, dy, s):
+        """Returns the gradients of `x`, gamma and beta."""
+        sum_dy, sum_dy_z, ghost_dy, ghost_dy_centred = self._upstream_sums(
+            x, dy, s
+        )
+        grad_beta, grad_gamma = _sums(
+            (ghost_dy, ghost_dy_centred * s.inv_ghost), 0, outputs=True,
+            differentiable=False,
+        )
+        # alpha = mean(dy), beta_ = mean(dy * z_hat) over ghost batches;
+        # dz = gamma r dy + z * z_slope + z_offset.
+        count = s.sizes * self.size
+        alpha = ghost_dy / count
+        beta_ = s.inv_ghost * ghost_dy_centred / count
+        z_slope = -s.ghost_scale * s.inv_ghost * beta_
+        z_offset = -s.ghost_scale * alpha - z_slope * s.ghost_mean
+        spread_slope, spread_offset, spread_scale = self.ghosts.spread(
+            z_slope, z_offset, s.ghost_scale
+        )
+        if self.groups is not None:
+            scale_x, slope, offset = self._group_backward(
+                s, sum_dy, sum_dy_z, spread_slope, spread_offset,
+                spread_scale, x.dtype,
+            )
+        else:
+            # z = x = s + (x - s).
+            slope = spread_slope
+            offset = spread_offset + spread_slope * s.shift
+            scale_x = spread_scale
+        scale_x, slope, offset, shift_x = fusion_barrier(
+            scale_x, slope, offset, s.shift, xla=self.xla
+        )
+        grad_x = (
+            dy * self._broadcast(scale_x)
+            + (x - self._broadcast(shift_x)) * self._broadcast(slope)
+            + self._broadcast(offset)
+        )
+        return grad_x, grad_gamma, grad_beta
+
+    def _upstream_sums(self, x, dy, s):
+        # x - s again rather than kept from the forward pass: a separately
+        # compiled backward function then reads x, not a stored copy.
+        shifted = x - self._broadcast(s.shift)
+        if self.axes:
+            sum_dy, sum_dy_shifted = (
+                _as_matrix(
+                    ops.sum(t, axis=self.axes, keepdims=True), self.channels
+                )
+                for t in (dy, dy * shifted)
+            )
+            if self.sums_apart:
+                sum_dy, sum_dy_shifted = fusion_barrier(
+                    sum_dy, sum_dy_shifted, xla=True
+                )
+        else:
+            sum_dy, sum_dy_shifted = dy, dy * shifted
+        # sum(dy * (z - mu)) over each ghost batch: for SeqNorm from
+        # sum(dy * z) (standardized values: no shift needed), for GhostNorm
+        # exact around the shift.
+        if self.groups is not None:
+            sum_dy_z = s.spread_inv_std * (
+                sum_dy_shifted - s.spread_shift * sum_dy
+            )
+            ghost_dy, ghost_dy_z = self.ghosts.sum(
+                sum_dy, sum_dy_z, differentiable=False
+            )
+            return (sum_dy, sum_dy_z, ghost_dy,
+                    ghost_dy_z - s.ghost_mean * ghost_dy)
+        sum_dy_centred = sum_dy_shifted - (
+            self.ghosts.spread(s.ghost_mean) - s.shift
+        ) * sum_dy
+        ghost_dy, ghost_dy_centred = self.ghosts.sum(
+            sum_dy, sum_dy_centred, differentiable=False
+        )
+        return sum_dy, None, ghost_dy, ghost_dy_centred
+
+    def _group_backward(self, s, sum_dy, sum_dy_z, spread_slope,
+                        spread_offset, spread_scale, dtype):
+        # sum(dz) and sum(dz * z) per slice, then their means over each
+        # (sample, group). The slice's mean of z^2 comes from q and d
+        # directly (so the normed variance feeds the forward reduction
+        # alone).
+        size = self.size
+        square = ops.where(
+            s.spread_inv_std > 0,
+            ops.square(s.spread_inv_std) * (
+                s.q - 2.0 * s.d * s.spread_shift + ops.square(s.spread_shift)
+            ),
+            0.0,
+        )
+        sum_dz = (
+            spread_scale * sum_dy
+            + size * (spread_slope * s.normed + spread_offset)
+        )
+        sum_dz_z = spread_scale * sum_dy_z + size * (
+            spread_slope * square + spread_offset * s.normed
+        )
+        mean_dz, mean_dz_z = (
+            self.groups.spread(t / (self.groups.sizes(dtype) * size))
+            for t in self.groups.sum(sum_dz, sum_dz_z, differentiable=False)
+        )
+        # dx = rho (dz - mean_dz - z mean_dz_z), z = rho (x - s - e).
+        z_slope = spread_slope - mean_dz_z
+        slope = ops.square(s.spread_inv_std) * z_slope
+        offset = s.spread_inv_std * (
+            spread_offset - mean_dz
+            - s.spread_inv_std * s.spread_shift * z_slope
+        )
+        return s.spread_inv_std * spread_scale, slope, offset

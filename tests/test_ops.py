@@ -126,15 +126,11 @@ def test_apply_affine_gradients(shape, axis, with_offset):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_rows_apart_is_the_identity_for_values_and_gradients():
+def test_fusion_barrier_is_the_identity():
     t = np.random.default_rng(5).normal(size=(6, 4)).astype("float32")
-    np.testing.assert_array_equal(to_numpy(norm_ops.rows_apart(t)), t)
-    w = np.arange(24, dtype="float32").reshape(6, 4)
-    (grad,) = gradients(
-        lambda t: ops.sum(norm_ops.rows_apart(t) * ops.convert_to_tensor(w)),
-        t,
-    )
-    np.testing.assert_array_equal(grad, w)
+    np.testing.assert_array_equal(to_numpy(norm_ops.fusion_barrier(t)), t)
+    both = norm_ops.fusion_barrier(t, 2 * t)
+    np.testing.assert_array_equal(to_numpy(both[1]), 2 * t)
 
 
 def test_combination_is_exact():
@@ -181,3 +177,89 @@ def test_unknown_batch_size_in_a_graph():
         np.testing.assert_allclose(
             call(x).numpy(), expected, rtol=1e-4, atol=1e-4
         )
+
+
+def test_fusion_barrier_gradient_is_the_identity_under_xla():
+    t = np.random.default_rng(6).normal(size=(6, 4)).astype("float32")
+    w = np.arange(24, dtype="float32").reshape(6, 4)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True)
+        def grad(t):
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                a, b = norm_ops.fusion_barrier(t, 2.0 * t)
+                total = tf.reduce_sum((a + b) * w)
+            return tape.gradient(total, t)
+
+        got = to_numpy(grad(tf.constant(t)))
+    else:
+        (got,) = gradients(
+            lambda t: ops.sum(
+                ops.add(*norm_ops.fusion_barrier(t, 2.0 * t))
+                * ops.convert_to_tensor(w)
+            ),
+            t,
+        )
+    np.testing.assert_allclose(got, 3.0 * w)
+
+
+def test_sequential_moments_is_a_named_tuple():
+    x = np.random.default_rng(7).normal(size=(8, 3, 4)).astype("float32")
+    ghost = norm_ops.sequential_moments(x, 2, groups_m=2)
+    assert isinstance(ghost, norm_ops.SequentialMoments)
+    assert ghost.group_mean is None and ghost.group_inv_std is None
+    assert all(t.shape == (8, 4) for t in (ghost.count, ghost.mean,
+                                           ghost.variance, ghost.sample_count))
+    np.testing.assert_array_equal(to_numpy(ghost.count), 12.0)
+    seq = norm_ops.sequential_moments(x, 2, groups_c=2, groups_m=2,
+                                      training=False)
+    assert seq.count is None and seq.mean is None and seq.variance is None
+    assert seq.group_mean.shape == seq.group_inv_std.shape == (8, 4)
+
+
+@pytest.mark.parametrize("groups_c", [None, 2])
+@pytest.mark.parametrize("shape, axis, groups_m", [
+    ((8, 5, 4), -1, 3), ((9, 4, 3, 2), 1, 4), ((7, 4), -1, 2),
+    ((6, 3, 3, 4), -1, 6),
+])
+def test_one_custom_gradient_equals_autodiff_step_by_step(groups_c, shape,
+                                                          axis, groups_m):
+    # Unmasked training takes one hand-written gradient for the whole
+    # layer; an all-true mask takes the step-by-step path (two custom
+    # gradients, autodiff between them). Same outputs, statistics and
+    # gradients for x, gamma and beta.
+    rng = np.random.default_rng(8)
+    channel_axis = norm_ops.resolve_axis(axis, len(shape))
+    channels = shape[channel_axis]
+    x = rng.normal(3.0, 2.0, size=shape).astype("float32")
+    gamma = rng.uniform(0.5, 1.5, size=channels).astype("float32")
+    beta = rng.normal(size=channels).astype("float32")
+    w = rng.normal(size=shape).astype("float32")
+    # All true: a Keras mask covers every axis but the last.
+    mask = np.ones(shape[:-1], bool)
+
+    def run(mask):
+        def objective(x, gamma, beta):
+            result = norm_ops.sequential_normalization(
+                x, gamma, beta, channel_axis=channel_axis,
+                groups_c=groups_c, groups_m=groups_m, epsilon=1e-3,
+                moving_mean=ops.zeros((channels,)),
+                moving_variance=ops.ones((channels,)), momentum=0.9,
+                mask=mask,
+            )
+            return ops.sum(result.outputs * ops.convert_to_tensor(w))
+
+        result = norm_ops.sequential_normalization(
+            x, gamma, beta, channel_axis=channel_axis, groups_c=groups_c,
+            groups_m=groups_m, epsilon=1e-3,
+            moving_mean=ops.zeros((channels,)),
+            moving_variance=ops.ones((channels,)), momentum=0.9, mask=mask,
+        )
+        values = [to_numpy(t) for t in result]
+        return values + gradients(objective, x, gamma, beta)
+
+    fused, stepwise = run(None), run(mask)
+    for got, want in zip(fused, stepwise):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_seqnorm import ops as norm_ops
-from keras_seqnorm.layers.ghost_normalization import channel_axis_and_size
+from keras_seqnorm import validation
 
 
 @keras.saving.register_keras_serializable(package="keras_seqnorm")
@@ -65,15 +65,15 @@ class FittedGroupNormalization(keras.layers.GroupNormalization):
         gamma_constraint=None,
         **kwargs,
     ):
-        if isinstance(groups, bool):
-            raise ValueError(
-                "Argument `groups` must be a positive integer or -1. "
-                f"Received: groups={groups}"
-            )
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise ValueError(
-                f"Argument `axis` must be an integer. Received: axis={axis!r}"
-            )
+        if not validation.is_integer(groups) or not (
+            groups == -1 or groups >= 1
+        ):
+            validation.fail("groups", "a positive integer or -1", groups)
+        groups = int(groups)
+        axis = validation.integer("axis", axis)
+        epsilon = validation.number("epsilon", epsilon, 0.0, low_open=True)
+        center = validation.boolean("center", center)
+        scale = validation.boolean("scale", scale)
         super().__init__(
             groups=groups,
             axis=axis,
@@ -97,7 +97,7 @@ class FittedGroupNormalization(keras.layers.GroupNormalization):
         return self._fitted_groups
 
     def build(self, input_shape):
-        channel_axis, channels = channel_axis_and_size(
+        channel_axis, channels = validation.channel_axis_and_size(
             type(self).__name__, self.axis, input_shape
         )
         limit = channels if self.groups == -1 else min(self.groups, channels)
@@ -143,7 +143,7 @@ class FittedGroupNormalization(keras.layers.GroupNormalization):
         if self.scale:
             scale = scale * ops.cast(self.gamma, dtype)
         beta = ops.cast(self.beta, dtype) if self.center else None
-        outputs = norm_ops.normalize(
+        outputs = norm_ops.apply_affine(
             inputs, mean, scale, beta, self._channel_axis
         )
         return ops.cast(outputs, self.compute_dtype)

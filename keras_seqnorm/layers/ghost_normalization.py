@@ -6,45 +6,27 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
+from keras_seqnorm import _keras_compat
 from keras_seqnorm import ops as norm_ops
+from keras_seqnorm import validation
+
+# Backends with an XLA-compiled path: on TensorFlow the layer's own
+# compiled call, on JAX the jit-compiled step that Keras builds.
+_XLA_BACKENDS = ("tensorflow", "jax")
 
 
-def _check_count(name, value, allow_none=True):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        expected = "a positive integer" + (" or None" if allow_none else "")
-        raise ValueError(
-            f"Argument `{name}` must be {expected}. Received: {name}={value!r}"
-        )
+def _compile(function):
+    """`function` as a `tf.function(jit_compile=True)`.
 
-
-def channel_axis_and_size(layer_name, axis, input_shape):
-    """Checks a norm layer's input shape; returns `(channel_axis, C)`.
-
-    The channel axis comes back non-negative; a `ValueError` names the
-    argument or the shape that is wrong.
+    Forward and backward both run compiled (TensorFlow compiles the backward
+    function of a jit-compiled function too); new input shapes retrace with
+    the batch size relaxed to unknown.
     """
-    rank = len(input_shape)
-    if rank < 2:
-        raise ValueError(
-            f"{layer_name} needs inputs of rank >= 2 (batch and channels). "
-            f"Received: input_shape={input_shape}"
-        )
-    channel_axis = norm_ops.resolve_axis(axis, rank)
-    if channel_axis is None or channel_axis == 0:
-        raise ValueError(
-            f"Argument `axis` must name a non-batch axis of the "
-            f"{rank}-D input (1 to {rank - 1}, or -1 to {1 - rank}). "
-            f"Received: axis={axis}"
-        )
-    channels = input_shape[channel_axis]
-    if channels is None:
-        raise ValueError(
-            f"The channel axis {axis} of the input must have a known "
-            f"size. Received: input_shape={input_shape}"
-        )
-    return channel_axis, channels
+    import tensorflow as tf
+
+    return tf.function(
+        function, jit_compile=True, reduce_retracing=True, autograph=False
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_seqnorm")
@@ -74,14 +56,28 @@ class GhostNormalization(keras.layers.Layer):
     the layer normalizes with `moving_mean` and `moving_variance`, like
     `BatchNormalization`.
 
-    Under a `tf.distribute` strategy, ghost batches are formed within each
-    replica's share of the batch: `groups_m=G` on `n` replicas is
-    `groups_m=n*G` on one device. The moving statistics are averaged across
-    replicas at each update, so every replica holds the same values.
+    **What `groups_m` counts** is the ghost batches of the batch the layer
+    sees. Under a `tf.distribute` strategy (`MirroredStrategy`, ...) that is
+    each replica's share of the global batch, so `groups_m=G` on `n`
+    replicas is `groups_m=n*G` on one device; the moving statistics are
+    averaged across replicas at each update, so every replica holds the
+    same values. Under `keras.distribution.DataParallel` on JAX the layer
+    sees the global batch, so `groups_m` counts ghost batches of the global
+    batch: `groups_m=n*G` there gives each of `n` devices `G` ghost batches
+    (`keras-seqnorm train` translates its per-device `--groups-m`).
+    `ghost_batch_size` means the same everywhere.
+
+    **Speed.** The layer reads the input twice and writes it once, like
+    `BatchNormalization`, with one custom gradient for the whole layer.
+    On TensorFlow, outside an XLA-compiled function (eager, or a model
+    compiled with `jit_compile=False`), it runs as its own XLA-compiled
+    function, forward and backward (`fused=None`); inside one it is part
+    of the enclosing computation. On JAX the step Keras compiles holds it.
 
     Args:
-        groups_m: Number of ghost batches G_M. Defaults to `None`: 4 unless
-            `ghost_batch_size` is given.
+        groups_m: Number of ghost batches G_M of the batch the layer sees
+            (see above). Defaults to `None`: 4 unless `ghost_batch_size` is
+            given.
         ghost_batch_size: Samples per ghost batch; then
             `G_M = ceil(M / ghost_batch_size)`. Give at most one of
             `groups_m` and `ghost_batch_size`. Defaults to `None`.
@@ -100,6 +96,11 @@ class GhostNormalization(keras.layers.Layer):
         gamma_regularizer: Regularizer for `gamma`. Defaults to `None`.
         beta_constraint: Constraint for `beta`. Defaults to `None`.
         gamma_constraint: Constraint for `gamma`. Defaults to `None`.
+        fused: Whether the layer runs as its own XLA-compiled function when
+            it is not inside one, as tf.keras' `fused` did: `None` where
+            supported (TensorFlow), `True` to require an XLA backend
+            (TensorFlow or JAX; a `ValueError` on others), `False` for plain
+            backend ops. The results are the same. Defaults to `None`.
         **kwargs: Base layer keyword arguments (e.g. `name`, `dtype`).
 
     Call arguments:
@@ -145,30 +146,30 @@ class GhostNormalization(keras.layers.Layer):
         gamma_regularizer=None,
         beta_constraint=None,
         gamma_constraint=None,
+        fused=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_count("groups_m", groups_m)
-        _check_count("ghost_batch_size", ghost_batch_size)
-        if groups_m is not None and ghost_batch_size is not None:
+        groups_m = validation.positive_int(
+            "groups_m", groups_m, allow_none=True
+        )
+        ghost_batch_size = validation.positive_int(
+            "ghost_batch_size", ghost_batch_size, allow_none=True
+        )
+        validation.at_most_one(
+            groups_m=groups_m, ghost_batch_size=ghost_batch_size
+        )
+        axis = validation.integer("axis", axis)
+        momentum = validation.number("momentum", momentum, 0.0, 1.0)
+        epsilon = validation.number("epsilon", epsilon, 0.0, low_open=True)
+        center = validation.boolean("center", center)
+        scale = validation.boolean("scale", scale)
+        fused = validation.boolean("fused", fused, allow_none=True)
+        if fused and keras.backend.backend() not in _XLA_BACKENDS:
             raise ValueError(
-                "Give at most one of `groups_m` and `ghost_batch_size`. "
-                f"Received: groups_m={groups_m}, "
-                f"ghost_batch_size={ghost_batch_size}"
-            )
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise ValueError(
-                f"Argument `axis` must be an integer. Received: axis={axis!r}"
-            )
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(
-                "Argument `momentum` must be in [0, 1]. "
-                f"Received: momentum={momentum}"
-            )
-        if not epsilon > 0.0:
-            raise ValueError(
-                "Argument `epsilon` must be positive. "
-                f"Received: epsilon={epsilon}"
+                "Argument `fused=True` needs the TensorFlow or JAX backend "
+                "(an XLA-compiled call); use None or False on "
+                f"{keras.backend.backend()}. Received: fused={fused}"
             )
         self.groups_m = groups_m
         self.ghost_batch_size = ghost_batch_size
@@ -187,6 +188,7 @@ class GhostNormalization(keras.layers.Layer):
         self.gamma_regularizer = regularizers.get(gamma_regularizer)
         self.beta_constraint = constraints.get(beta_constraint)
         self.gamma_constraint = constraints.get(gamma_constraint)
+        self.fused = fused
         self.supports_masking = True
         # Inputs above float16's range must reach `call` uncast.
         self.autocast = False
@@ -195,13 +197,14 @@ class GhostNormalization(keras.layers.Layer):
         else:
             self._groups_m = groups_m
         self._channel_axis = None
+        self._compiled_normalize = None
         self.gamma = None
         self.beta = None
         self.moving_mean = None
         self.moving_variance = None
 
     def build(self, input_shape):
-        channel_axis, channels = channel_axis_and_size(
+        channel_axis, channels = validation.channel_axis_and_size(
             type(self).__name__, self.axis, input_shape
         )
         self._channel_axis = channel_axis
@@ -260,57 +263,66 @@ class GhostNormalization(keras.layers.Layer):
                 f"inputs.shape={inputs.shape}"
             )
         # Statistics in float32 whatever the input dtype.
-        inputs = ops.cast(inputs, keras.backend.result_type(
-            inputs.dtype, "float32"
-        ))
-        dtype = inputs.dtype
+        dtype = keras.backend.result_type(inputs.dtype, "float32")
         gamma = ops.cast(self.gamma, dtype) if self.scale else None
         beta = ops.cast(self.beta, dtype) if self.center else None
         training = bool(training) and self.trainable
-        stats = norm_ops.sequential_moments(
+        normalize = self._normalize
+        if self._compiled_path():
+            if self._compiled_normalize is None:
+                self._compiled_normalize = _compile(self._normalize)
+            normalize = self._compiled_normalize
+        outputs, moving_mean, moving_variance = normalize(
             inputs,
-            self._channel_axis,
+            gamma,
+            beta,
+            ops.cast(self.moving_mean, dtype),
+            ops.cast(self.moving_variance, dtype),
+            mask,
+            training=training,
+        )
+        if training:
+            for variable, value in (
+                (self.moving_mean, moving_mean),
+                (self.moving_variance, moving_variance),
+            ):
+                variable.assign(ops.cast(value, variable.dtype))
+        return outputs
+
+    def _compiled_path(self):
+        # The layer's own XLA-compiled call (TensorFlow), unless
+        # `fused=False` or the call is already inside an XLA cluster.
+        return (
+            self.fused is not False
+            and keras.backend.backend() == "tensorflow"
+            and not _keras_compat.in_xla_context()
+        )
+
+    def _normalize(self, inputs, gamma, beta, moving_mean, moving_variance,
+                   mask, training):
+        # The whole layer as a pure function: the outputs and, in
+        # training, the updated moving statistics. The casts happen inside,
+        # so a compiled call fuses them into its passes over the input.
+        inputs = ops.cast(inputs, keras.backend.result_type(
+            inputs.dtype, "float32"
+        ))
+        result = norm_ops.sequential_normalization(
+            inputs,
+            gamma,
+            beta,
+            channel_axis=self._channel_axis,
             groups_c=self._groups_c(),
             groups_m=self._groups_m,
             ghost_batch_size=self.ghost_batch_size,
             epsilon=self.epsilon,
-            mask=mask,
             training=training,
+            moving_mean=moving_mean,
+            moving_variance=moving_variance,
+            momentum=self.momentum if training else None,
+            mask=mask,
         )
-        if training:
-            mean, variance = stats["mean"], stats["variance"]
-            self._update_moving_statistics(
-                stats["sample_count"], mean, variance
-            )
-            ghost_count = stats["count"] if mask is not None else None
-        else:
-            mean = ops.cast(self.moving_mean, dtype)
-            variance = ops.cast(self.moving_variance, dtype)
-            ghost_count = None
-        outputs = norm_ops.sequential_normalize(
-            inputs,
-            stats,
-            mean,
-            variance,
-            gamma,
-            beta,
-            self.epsilon,
-            self._channel_axis,
-            ghost_count=ghost_count,
-        )
-        return ops.cast(outputs, self.compute_dtype)
-
-    def _update_moving_statistics(self, count, mean, variance):
-        batch_mean, total = norm_ops.weighted_average(count, mean)
-        batch_variance, _ = norm_ops.weighted_average(count, variance)
-        seen = total > 0
-        for variable, value in (
-            (self.moving_mean, batch_mean),
-            (self.moving_variance, batch_variance),
-        ):
-            old = ops.cast(variable, value.dtype)
-            new = old * self.momentum + value * (1.0 - self.momentum)
-            variable.assign(ops.cast(ops.where(seen, new, old), variable.dtype))
+        outputs = ops.cast(result.outputs, self.compute_dtype)
+        return outputs, result.moving_mean, result.moving_variance
 
     def get_config(self):
         config = {
@@ -333,5 +345,6 @@ class GhostNormalization(keras.layers.Layer):
             "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
             "beta_constraint": constraints.serialize(self.beta_constraint),
             "gamma_constraint": constraints.serialize(self.gamma_constraint),
+            "fused": self.fused,
         }
         return {**super().get_config(), **config}

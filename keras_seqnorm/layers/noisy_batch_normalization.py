@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_seqnorm import validation
+
 
 @keras.saving.register_keras_serializable(package="keras_seqnorm")
 class NoisyBatchNormalization(keras.layers.BatchNormalization):
@@ -84,15 +86,7 @@ class NoisyBatchNormalization(keras.layers.BatchNormalization):
         seed=None,
         **kwargs,
     ):
-        if (
-            isinstance(stddev, bool)
-            or not isinstance(stddev, (int, float))
-            or not stddev >= 0
-        ):
-            raise ValueError(
-                "Argument `stddev` must be a float >= 0. "
-                f"Received: stddev={stddev!r}"
-            )
+        stddev = validation.number("stddev", stddev, 0.0)
         super().__init__(
             axis=axis,
             momentum=momentum,

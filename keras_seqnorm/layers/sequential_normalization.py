@@ -2,9 +2,8 @@
 
 import keras
 
+from keras_seqnorm import validation
 from keras_seqnorm.layers.ghost_normalization import GhostNormalization
-from keras_seqnorm.layers.ghost_normalization import _check_count
-from keras_seqnorm.layers.ghost_normalization import channel_axis_and_size
 
 
 @keras.saving.register_keras_serializable(package="keras_seqnorm")
@@ -35,15 +34,19 @@ class SequentialNormalization(GhostNormalization):
     Args:
         groups_c: Number of channel groups G_C for the GroupNorm stage; must
             divide the number of channels. Defaults to `4`.
-        groups_m: Number of ghost batches G_M. Defaults to `None`: 8 unless
+        groups_m: Number of ghost batches G_M of the batch the layer sees:
+            per replica under `tf.distribute`, of the global batch under
+            `keras.distribution.DataParallel` on JAX (see
+            `GhostNormalization`). Defaults to `None`: 8 unless
             `ghost_batch_size` is given.
         ghost_batch_size: Samples per ghost batch; then
             `G_M = ceil(M / ghost_batch_size)`. Give at most one of
             `groups_m` and `ghost_batch_size`. Defaults to `None`.
         axis: The channel axis. Defaults to `-1`.
         **kwargs: `momentum`, `epsilon`, `center`, `scale`, the initializers,
-            regularizers and constraints of `GhostNormalization` (same
-            defaults), and base layer keyword arguments.
+            regularizers and constraints, and `fused` of
+            `GhostNormalization` (same defaults), and base layer keyword
+            arguments.
 
     Call arguments:
         inputs: Input tensor of rank >= 2, batch on axis 0.
@@ -76,7 +79,7 @@ class SequentialNormalization(GhostNormalization):
         axis=-1,
         **kwargs,
     ):
-        _check_count("groups_c", groups_c, allow_none=False)
+        groups_c = validation.positive_int("groups_c", groups_c)
         super().__init__(
             groups_m=groups_m,
             ghost_batch_size=ghost_batch_size,
@@ -86,7 +89,7 @@ class SequentialNormalization(GhostNormalization):
         self.groups_c = groups_c
 
     def build(self, input_shape):
-        _, channels = channel_axis_and_size(
+        _, channels = validation.channel_axis_and_size(
             type(self).__name__, self.axis, input_shape
         )
         if channels % self.groups_c:

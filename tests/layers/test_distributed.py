@@ -1,4 +1,5 @@
-"""GhostNormalization under tf.distribute.MirroredStrategy on two CPUs."""
+"""GhostNorm and SeqNorm under tf.distribute.MirroredStrategy on two CPUs,
+through their XLA-compiled call and their plain ops."""
 
 import os
 import subprocess
@@ -33,6 +34,9 @@ SCRIPT = textwrap.dedent(
     for cls, kwargs in (
         (GhostNormalization, {}),
         (SequentialNormalization, {"groups_c": 2}),
+        # The layer's own XLA-compiled call (the default) and plain ops.
+        (GhostNormalization, {"fused": False}),
+        (SequentialNormalization, {"groups_c": 2, "fused": False}),
     ):
         with strategy.scope():
             replicated = cls(groups_m=2, momentum=0.5, **kwargs)
