@@ -795,6 +795,11 @@ def sequential_normalization(x, gamma=None, beta=None, *, channel_axis,
         A `Normalization` named tuple.
     """
     x = ops.convert_to_tensor(x)
+    # NumPy arrays become tensors (variables stay as they are).
+    gamma, beta, moving_mean, moving_variance = (
+        ops.convert_to_tensor(t) if isinstance(t, np.ndarray) else t
+        for t in (gamma, beta, moving_mean, moving_variance)
+    )
     if training and mask is None and keras.backend.backend() in (
         "tensorflow", "jax"
     ):

@@ -100,7 +100,10 @@ def _compiled_call(layer, x, mask=None):
 
 
 def _modes():
-    modes = ["eager", "compiled"]
+    # "compiled": inside an XLA-compiled function (TensorFlow and JAX).
+    modes = ["eager"]
+    if BACKEND in ("tensorflow", "jax"):
+        modes.append("compiled")
     if BACKEND == "tensorflow":
         modes.append("eager_plain")  # fused=False: TensorFlow ops one by one
     return modes
@@ -132,19 +135,26 @@ def test_huge_inputs_stay_finite_like_batch_normalization(cls, kwargs, mode,
     else:
         out = to_numpy(layer(x, training=True, mask=mask))
     expected = to_numpy(batch(x, training=True, mask=mask))
+    keep = np.ones(x.shape[:-1], bool) if mask is None else mask
+    # The variance overflows to inf: BatchNormalization gives beta. (On
+    # torch, Keras' own moments give NaN here: E[x^2] - E[x]^2.)
+    beta = np.broadcast_to(np.linspace(-1.0, 1.0, 4), x.shape)
+    reference = BACKEND != "torch"
     assert np.all(np.isfinite(out))
     if cls is GhostNormalization:
-        keep = np.ones(x.shape[:-1], bool) if mask is None else mask
-        np.testing.assert_allclose(out[keep], expected[keep], atol=1e-6)
+        np.testing.assert_allclose(out[keep], beta[keep], atol=1e-6)
+        if reference:
+            np.testing.assert_allclose(out[keep], expected[keep], atol=1e-6)
     for name in ("moving_mean", "moving_variance"):
         value = to_numpy(getattr(layer, name))
         assert not np.any(np.isnan(value)), (name, value)
         if cls is GhostNormalization:
             # One ghost batch is BatchNormalization, statistics included
             # (its moving variance overflows to inf too).
-            np.testing.assert_allclose(
-                value, to_numpy(getattr(batch, name)), rtol=1e-5
-            )
+            if reference:
+                np.testing.assert_allclose(
+                    value, to_numpy(getattr(batch, name)), rtol=1e-5
+                )
         else:
             # The GroupNorm stage gives zeros: finite ghost statistics.
             assert np.all(np.isfinite(value)), (name, value)
