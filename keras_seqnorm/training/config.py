@@ -578,7 +578,9 @@ def one_line_error(parser, message):
 def _help_text(field):
     """A field's `--help` line: its help, default, choices and bounds."""
     meta = field.metadata
-    text = f"{meta['help']} (default: {_default(field)!r})"
+    text = meta["help"]
+    if "default" not in text.lower():  # else the help says it better
+        text += f" (default: {_default(field)!r})"
     if meta["choices"] is not None:
         text += f" Choices: {', '.join(map(str, meta['choices']))}."
     low, high, low_open, high_open = meta["bounds"]
