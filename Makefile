@@ -10,6 +10,10 @@ STAMP := $(VENV)/.installed
 JAX_TESTS := tests/layers tests/models tests/test_ops.py tests/test_norms.py \
 	tests/test_utils.py \
 	tests/test_convert.py tests/test_benchmark.py tests/test_recalibrate.py
+# The commands' tests that also run on JAX, marked `jax_run`: train,
+# compare, landscape, tune and reproduce once each, and a run on two JAX
+# devices and on two processes (keras.distribution.DataParallel).
+JAX_COMMAND_TESTS := tests/training tests/analysis
 
 .PHONY: setup test test-tf test-jax lint package demo bench reproduce clean
 
@@ -40,6 +44,7 @@ test-tf: $(STAMP)
 
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q -ra $(JAX_TESTS)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -ra -m jax_run $(JAX_COMMAND_TESTS)
 
 demo: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) -m keras_seqnorm compare \

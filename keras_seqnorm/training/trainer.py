@@ -7,10 +7,13 @@ results = train(Config(dataset="digits", norm="ghost", groups_m=4))
 ```
 
 `keras-seqnorm train [flags]` parses its flags into a `Config` and calls
-`train`, which does the work: the `tf.distribute` strategy first, then the
-data with the global batch size, the model and its compilation inside
-`strategy.scope()`, `fit` with the callbacks of `callbacks.py`, and the
-test evaluation. Once the data and the model exist it writes
+`train`, which does the work: the strategy first (`distribution.py`: a
+`tf.distribute` strategy, or JAX's `keras.distribution.DataParallel`),
+then the data with the global batch size, and inside the strategy's scope
+the model and its compilation, `fit` with the callbacks of `callbacks.py`,
+the test evaluation and, with `--recalibrate-steps`, the recalibration of
+the moving statistics and a second test evaluation. Once the data and the
+model exist it writes
 `RUN_DIR/config.json` (a start that fails leaves the directory as it was),
 and after training `RUN_DIR/results.json` with the run's `status`:
 `completed`, `stopped_nan` (the loss stopped being finite) or `failed` (an
@@ -51,6 +54,7 @@ from keras_seqnorm.training.config import format_command
 from keras_seqnorm.training.config import resolve_data_fields
 from keras_seqnorm.training.config import run_id
 from keras_seqnorm.training.optimizers import build_optimizer
+from keras_seqnorm.utils import iter_sublayers
 from keras_seqnorm.utils import write_json
 
 PROG = "keras-seqnorm train"
@@ -61,7 +65,7 @@ COMPLETED, STOPPED_NAN, FAILED = "completed", "stopped_nan", "failed"
 FINAL_STATUSES = (COMPLETED, STOPPED_NAN)
 
 
-def _check_batch(config, replicas):
+def _check_batch(config, replicas, strategy):
     if config.batch_size % replicas:
         raise ConfigError(
             f"Argument `batch_size` must be a multiple of the {replicas} "
@@ -80,6 +84,21 @@ def _check_batch(config, replicas):
             f"Argument `ghost_batch_size` must divide the {per_replica} "
             f"samples per replica, so that every ghost batch lies on one "
             f"device. Received: ghost_batch_size={size}"
+        )
+    groups_m = layer_kwargs(config, strategy).get("groups_m")
+    if (
+        groups_m is not None and replicas > 1
+        and distribution.layers_see_global_batch(strategy)
+        and per_replica % (groups_m // replicas)
+    ):
+        default = "" if config.groups_m is not None else (
+            f", the layer's default {groups_m // replicas}")
+        raise ConfigError(
+            f"Argument `groups_m` (G_M per device{default}) must divide the "
+            f"{per_replica} samples per device under DataParallel, whose "
+            f"layers split the global batch: else ghost batches would "
+            f"straddle the devices and differ from those of each device's "
+            f"share. Received: groups_m={config.groups_m}"
         )
 
 
@@ -225,6 +244,28 @@ def _build_model(config, data, replicas, norm_kwargs):
     return model
 
 
+def _check_norm(config, norm_kwargs):
+    """Checks that the norm layer can be made."""
+    try:
+        get_norm_layer(config.norm, **norm_kwargs)
+    except ValueError as error:
+        raise ConfigError(" ".join(str(error).split())) from None
+
+
+def _check_recalibration(config, model):
+    """Checks that `model` has moving statistics to recalibrate when
+    `--recalibrate-steps` asks for it."""
+    if config.recalibrate_steps and not any(
+        getattr(layer, "moving_mean", None) is not None
+        for _, layer in iter_sublayers(model)
+    ):
+        raise ConfigError(
+            f"Argument `recalibrate_steps` must be 0 for norm="
+            f"{config.norm!r}, whose layers keep no moving statistics. "
+            f"Received: recalibrate_steps={config.recalibrate_steps}"
+        )
+
+
 def _lock(config, run_dir):
     """Writes `config.json`: from now on `run_dir` holds this run."""
     try:
@@ -316,11 +357,19 @@ def train(config, callbacks=()):
         The results dict also written to `RUN_DIR/results.json`: `status`
         (`completed`; `stopped_nan`, with `stopped_at`, the `epoch` and
         `batch` of the first non-finite loss, counted from 0), the resolved
-        `config`, `norm_kwargs`, `strategy`, `replicas`, `data` (shapes and
+        `config`, `norm_kwargs` (the norm arguments of the config, G_M per
+        device), `layer_kwargs` (those the layers were built with: G_M
+        times the devices under `DataParallel`), `strategy` (its class
+        name, `DataParallel` on JAX, `None` on one JAX device),
+        `replicas` (devices), `data` (shapes and
         sizes), `history` (every epoch's metrics across restarts, from
         `log.csv`), `epochs_completed`, `final` (the last epoch's metrics,
         `val_accuracy` included), `best_val_accuracy`, `test_accuracy` and
-        `test_loss` of the final model (`None` unless completed),
+        `test_loss` of the final model with the moving statistics that
+        training left (`None` unless completed), `recalibrated` (with
+        `--recalibrate-steps`, else `None`: the `statistics`, `steps`,
+        `test_accuracy` and `test_loss` after recalibrating them, and per
+        norm layer the summary of `recalibrate_statistics` as a dict),
         `train_seconds`, `wall_seconds` (this invocation),
         `images_per_second` (training steps, after the first epoch),
         `run_dir` and `is_chief`.
@@ -347,10 +396,7 @@ def train(config, callbacks=()):
         return finished
     backup = read_backup(os.path.join(place.run_dir, BACKUP_DIR))
     norm_kwargs = layer_kwargs(config, strategy)
-    try:
-        get_norm_layer(config.norm, **norm_kwargs)
-    except ValueError as error:
-        raise ConfigError(" ".join(str(error).split())) from None
+    _check_norm(config, norm_kwargs)
     keras.utils.set_random_seed(config.seed)
     from keras_seqnorm.training.data import load_data
 
@@ -363,6 +409,7 @@ def train(config, callbacks=()):
     try:
         with distribution.scope(strategy):
             model = _build_model(config, data, replicas, norm_kwargs)
+            _check_recalibration(config, model)
             _lock(config, place.run_dir)
             outcome = _fit_and_test(
                 model, data, config, place.run_dir, backup, callbacks
@@ -404,7 +451,7 @@ def _place(config, strategy, replicas):
         config, run_dir=os.path.realpath(config.run_dir)
     )
     run_dir, is_chief = distribution.worker_run_dir(config.run_dir, strategy)
-    _check_batch(config, replicas)
+    _check_batch(config, replicas, strategy)
     _check_path(run_dir, given)
     return _Place(config, run_dir, given, is_chief)
 

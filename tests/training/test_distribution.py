@@ -200,6 +200,23 @@ TWO_DEVICES = textwrap.dedent(
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5,
                                    atol=1e-6)
 
+    # G_M per device: the layers of the global batch get twice as many;
+    # ghost batches that would straddle the two devices are refused.
+    from keras_seqnorm.training import trainer
+    from keras_seqnorm.training.config import Config
+
+    assert trainer.layer_kwargs(
+        Config(norm="sequential", groups_c=2), strategy
+    ) == {"groups_c": 2, "groups_m": 16}
+    trainer._check_batch(Config(norm="ghost", batch_size=16, groups_m=4), 2,
+                         strategy)
+    for uneven in ({"groups_m": 3}, {"ghost_batch_size": 3}):
+        try:
+            trainer._check_batch(
+                Config(norm="ghost", batch_size=16, **uneven), 2, strategy)
+        except ConfigError as error:
+            print("uneven:", error)
+
     # Several processes: every evaluation batch must split over them.
     distribution.processes = lambda: (0, 2)
 
@@ -240,6 +257,14 @@ def test_data_parallel_evaluates_and_recalibrates_like_one_device():
         "the 2 devices of a run over 2 processes"
     ) in out
     assert "Received: validation_size=181" in out
+    assert (
+        "uneven: Argument `groups_m` (G_M per device) must divide the 8 "
+        "samples per device under DataParallel"
+    ) in out and "Received: groups_m=3" in out
+    assert (
+        "uneven: Argument `ghost_batch_size` must divide the 8 samples per "
+        "replica"
+    ) in out
     assert out.rstrip().endswith("ok")
 
 
@@ -259,7 +284,8 @@ def test_two_processes_train_one_run(tmp_path):
     address = f"localhost:{_free_port()}"
     argv = [sys.executable, "-m", "keras_seqnorm", "train", "--strategy",
             "data_parallel", "--norm", "ghost", "--groups-m", "2",
-            "--epochs", "1", "--verbose", "0", "--run-dir", str(run_dir)]
+            "--epochs", "1", "--recalibrate-steps", "3", "--verbose", "0",
+            "--run-dir", str(run_dir)]
     hosts = [
         subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -279,8 +305,11 @@ def test_two_processes_train_one_run(tmp_path):
     with open(run_dir / "workers" / "process_1" / "results.json") as file:
         worker = json.load(file)
     assert (chief["strategy"], chief["replicas"]) == ("DataParallel", 2)
+    assert "epochs=1 replicas=2 (DataParallel) (" in outputs[0][0]
     assert chief["layer_kwargs"] == {"groups_m": 4}
     assert (chief["is_chief"], worker["is_chief"]) == (True, False)
     # One model: both processes end with the same metrics.
     assert chief["history"]["loss"] == worker["history"]["loss"]
     assert chief["test_accuracy"] == worker["test_accuracy"]
+    assert chief["recalibrated"]["steps"] == 3
+    assert chief["recalibrated"] == worker["recalibrated"]
