@@ -17,13 +17,18 @@ JAX_TESTS := tests/layers tests/models tests/test_ops.py tests/test_norms.py \
 # KERAS_BACKEND=torch the layer, layer contract, ops, model, converter and
 # recalibration tests, and two training runs of `keras-seqnorm train`
 # (digits; mixed_bfloat16 with gradient accumulation). Measured from a
-# fresh clone on this 2-core machine (shared with other jobs): TORCH_FIGURES
+# fresh clone on this 2-core machine (shared with other
+# jobs): 13 minutes, the .venv and torch about 3, the 478 tests 10.
 TORCH_STAMP := $(VENV)/.installed-torch
 TORCH_TESTS := tests/layers tests/models tests/test_ops.py tests/test_norms.py \
 	tests/test_utils.py tests/test_imports.py \
 	tests/test_convert.py tests/test_benchmark.py tests/test_recalibrate.py \
 	tests/training/test_trainer.py::test_train_digits_writes_the_run_directory \
 	tests/training/test_trainer.py::test_grad_accum_clip_precision_and_augmentation
+# The commands' tests that also run on JAX, marked `jax_run`: train,
+# compare, landscape, tune and reproduce once each, and a run on two JAX
+# devices and on two processes (keras.distribution.DataParallel).
+JAX_COMMAND_TESTS := tests/training tests/analysis
 
 .PHONY: setup test test-tf test-jax test-torch lint package demo bench \
 	reproduce clean
@@ -55,6 +60,7 @@ test-tf: $(STAMP)
 
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PY) -m pytest -q -ra $(JAX_TESTS)
+	KERAS_BACKEND=jax $(PY) -m pytest -q -ra -m jax_run $(JAX_COMMAND_TESTS)
 
 $(TORCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[torch]"

@@ -6,16 +6,20 @@
 Trains the SimpleCNN of `keras-seqnorm train` (`--dataset digits --model
 simplecnn`, its default recipe: batch 64, SGD with Nesterov momentum 0.9,
 cosine schedule from 0.1, moving-statistics momentum 0.99) once per norm and
-seed, then measures the test accuracy of the same trained weights with
+seed with `--recalibrate-steps` (the first of `--steps`), then measures the
+test accuracy of the same trained weights with
 
-- `ema`: the moving statistics that training left (what `evaluate` uses);
-- `ghost`: `recalibrate_statistics(model, train, statistics="ghost")`;
-- `population`: `recalibrate_statistics(..., statistics="population")`;
+- `ema`: the moving statistics that training left (`test_accuracy`);
+- `ghost`: the statistics `recalibrate_statistics(..., statistics="ghost")`
+  computes over `steps` batches (`recalibrated.test_accuracy` of the run for
+  the first of `--steps`);
+- `population`: the same with `statistics="population"`;
 
-each recalibration over `--recalibration-epochs` passes of the training
-pipeline (batches as `fit` sees them: 19 of 64 per pass). It prints a
-Markdown table of the mean and standard deviation over the seeds, and
-writes every run's figures to `--out` as JSON.
+the batches being those `train` recalibrates over
+(`trainer.recalibration_batches`: the epochs after the last, 19 batches of
+64 per epoch). It prints a Markdown table of the mean and standard
+deviation over the seeds, and writes every run's figures to `--out` as
+JSON.
 """
 
 import argparse
@@ -32,8 +36,9 @@ from keras_seqnorm.training import Config
 from keras_seqnorm.training import train
 from keras_seqnorm.training.config import resolve_data_fields
 from keras_seqnorm.training.data import load_data
+from keras_seqnorm.training.trainer import recalibration_batches
 
-COLUMNS = ("ema", "ghost", "population")
+STATISTICS = ("ghost", "population")
 
 
 class _KeepModel(keras.callbacks.Callback):
@@ -43,11 +48,13 @@ class _KeepModel(keras.callbacks.Callback):
         self.trained = self.model
 
 
-def measure(norm, seed, epochs, run_dir, recalibration_epochs=1):
-    """Test accuracies of one trained model with each kind of statistics."""
+def measure(norm, seed, epochs, run_dir, steps=(19,)):
+    """Test accuracies of one trained model with each kind of statistics,
+    recalibrated over each number of `steps`."""
     config = Config(
         run_dir=run_dir, seed=seed, verbose=0, dataset="digits",
         model="simplecnn", norm=norm, epochs=epochs,
+        recalibrate_steps=steps[0],
     )
     keep = _KeepModel()
     results = train(config, callbacks=[keep])
@@ -55,28 +62,41 @@ def measure(norm, seed, epochs, run_dir, recalibration_epochs=1):
     data = load_data(resolve_data_fields(config))
     accuracies = {"ema": results["test_accuracy"]}
     moved = {}
-    batches = data.train.repeat(recalibration_epochs)
-    for statistics in COLUMNS[1:]:
-        summary = recalibrate_statistics(model, batches, statistics=statistics)
-        accuracies[statistics] = model.evaluate(
-            data.test, return_dict=True, verbose=0
-        )["accuracy"]
-        moved[statistics] = {
-            path: dataclasses.asdict(entry) for path, entry in summary.items()
-        }
+    for count in steps:
+        batches_config = dataclasses.replace(config, recalibrate_steps=count)
+        for statistics in STATISTICS:
+            key = f"{statistics}, {count} steps"
+            if (count, statistics) == (steps[0], "ghost"):
+                # What the run itself recalibrated.
+                accuracies[key] = results["recalibrated"]["test_accuracy"]
+                moved[key] = results["recalibrated"]["layers"]
+                continue
+            summary = recalibrate_statistics(
+                model, recalibration_batches(data, batches_config),
+                steps=count, statistics=statistics,
+            )
+            accuracies[key] = model.evaluate(
+                data.test, return_dict=True, verbose=0
+            )["accuracy"]
+            moved[key] = {
+                path: dataclasses.asdict(entry)
+                for path, entry in summary.items()
+            }
     return {"norm": norm, "seed": seed, "epochs": epochs,
-            "recalibration_epochs": recalibration_epochs,
             "test_accuracy": accuracies, "recalibration": moved}
 
 
 def table(records, norms):
+    columns = list(records[0]["test_accuracy"])
     lines = [
-        "| norm | " + " | ".join(f"{c} statistics" for c in COLUMNS) + " |",
-        "|---|" + "---|" * len(COLUMNS),
+        "| norm | " + " | ".join(
+            "EMA statistics" if c == "ema" else c for c in columns
+        ) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     for norm in norms:
         cells = []
-        for column in COLUMNS:
+        for column in columns:
             values = 100 * np.array([
                 r["test_accuracy"][column] for r in records
                 if r["norm"] == norm
@@ -92,28 +112,29 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument(
-        "--recalibration-epochs", type=int, default=1,
-        help="Passes over the training pipeline to recalibrate on.",
+        "--steps", default="19",
+        help="Batches to recalibrate over, separated by commas (19: one "
+        "epoch); the first is the runs' --recalibrate-steps.",
     )
     parser.add_argument("--out", default="runs/recalibration_digits.json")
     args = parser.parse_args(argv)
     norms = args.norms.split(",")
+    steps = tuple(int(count) for count in args.steps.split(","))
     records = []
     with tempfile.TemporaryDirectory() as folder:
         for norm in norms:
             for seed in range(args.seeds):
                 run_dir = os.path.join(folder, f"{norm}_{seed}")
-                records.append(measure(
-                    norm, seed, args.epochs, run_dir,
-                    args.recalibration_epochs,
-                ))
+                records.append(
+                    measure(norm, seed, args.epochs, run_dir, steps)
+                )
                 print(norm, seed, records[-1]["test_accuracy"], flush=True)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as file:
         json.dump(records, file, indent=1)
     print(f"\nTest accuracy (%) after {args.epochs} epochs, statistics "
-          f"recalibrated over {args.recalibration_epochs} epoch(s); mean ± "
-          f"std over {args.seeds} seeds:\n")
+          f"recalibrated over {args.steps} batches; mean ± std over "
+          f"{args.seeds} seeds:\n")
     print(table(records, norms))
 
 

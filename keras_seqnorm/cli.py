@@ -127,10 +127,20 @@ def _train(namespace):
             file=sys.stderr,
         )
         return results
+    recalibrated = results.get("recalibrated")
+    after = (
+        f"recalibrated_test_accuracy={recalibrated['test_accuracy']:.4f} "
+        f"({recalibrated['statistics']}, {recalibrated['steps']} steps) "
+        if recalibrated else ""
+    )
+    devices = (
+        f"replicas={results['replicas']} ({results['strategy']}) "
+        if results["replicas"] > 1 else ""
+    )
     print(
-        f"test_accuracy={results['test_accuracy']:.4f} "
+        f"test_accuracy={results['test_accuracy']:.4f} {after}"
         f"val_accuracy={results['final'].get('val_accuracy', float('nan')):.4f}"
-        f" epochs={results['epochs_completed']} ({where})"
+        f" epochs={results['epochs_completed']} {devices}({where})"
     )
     return results
 

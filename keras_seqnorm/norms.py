@@ -3,7 +3,10 @@
 - `NORM_LAYERS`: the names and their layer factories.
 - `norm_layer_arguments(norm)`: the arguments a norm's layer accepts.
 - `group_arguments(norm)`, `group_kwargs`, `norms_taking`: which of the
-  paper's group counts (G_M, G_C) a norm takes, and as which argument.
+  paper's group counts (G_M, G_C) and the ghost batch size a norm takes,
+  and as which argument.
+- `global_batch_kwargs`: the same ghost batches for a layer that sees the
+  global batch of several devices (`keras.distribution.DataParallel`).
 
 `get_norm_layer(norm, **norm_kwargs)` resolves a name, a layer class or a
 `functools.partial` of one into a factory. Every factory accepts the core
@@ -64,13 +67,20 @@ read-only mapping whose layers are imported on first lookup.
 - `none`: `IdentityNormalization`, no normalization.
 """
 
-GROUP_COUNTS = ("groups_m", "groups_c")
-"""The paper's two group counts: `groups_m` (G_M, ghost batches per
-replica) and `groups_c` (G_C, channel groups)."""
+GROUP_COUNTS = ("groups_m", "groups_c", "ghost_batch_size")
+"""The group arguments of a training run: the paper's two group counts,
+`groups_m` (G_M, ghost batches per device: per replica of a
+`tf.distribute` strategy, per device of `keras.distribution.DataParallel`)
+and `groups_c` (G_C, channel groups), and `ghost_batch_size` (samples per
+ghost batch, the other way to give G_M)."""
 
 _GROUP_ARGUMENTS = {
-    "ghost": {"groups_m": "groups_m"},
-    "sequential": {"groups_m": "groups_m", "groups_c": "groups_c"},
+    "ghost": {"groups_m": "groups_m", "ghost_batch_size": "ghost_batch_size"},
+    "sequential": {
+        "groups_m": "groups_m",
+        "groups_c": "groups_c",
+        "ghost_batch_size": "ghost_batch_size",
+    },
     "group": {"groups_c": "groups"},
 }
 
@@ -101,23 +111,68 @@ def norms_taking(count):
     return [name for name in NORM_LAYERS if count in group_arguments(name)]
 
 
-def group_kwargs(norm, groups_m=None, groups_c=None):
-    """The layer arguments of `norm` for the group counts given.
+def group_kwargs(norm, groups_m=None, groups_c=None, ghost_batch_size=None):
+    """The layer arguments of `norm` for the group arguments given.
 
-    Counts the norm does not take, and counts left at `None` (the layer's
-    default), are left out.
+    Arguments the norm does not take, and those left at `None` (the
+    layer's default), are left out.
 
     Example:
 
     >>> group_kwargs("group", groups_m=8, groups_c=4)
     {'groups': 4}
     """
-    counts = {"groups_m": groups_m, "groups_c": groups_c}
+    counts = {"groups_m": groups_m, "groups_c": groups_c,
+              "ghost_batch_size": ghost_batch_size}
     return {
         argument: counts[count]
         for count, argument in group_arguments(norm).items()
         if counts[count] is not None
     }
+
+
+def global_batch_kwargs(norm, norm_kwargs, devices):
+    """The layer arguments of `norm` that split the global batch of
+    `devices` devices into the ghost batches `norm_kwargs` form on each
+    device's share.
+
+    Under `keras.distribution.DataParallel` (JAX) a layer sees the global
+    batch, where under a `tf.distribute` strategy it sees each replica's
+    share. G_M ghost batches per device are `G_M * devices` ghost batches of
+    the global batch, the same contiguous ones: `groups_m` (or the layer's
+    default, when neither it nor `ghost_batch_size` is given) is multiplied
+    by `devices`. A `ghost_batch_size` means the same on any number of
+    devices and is kept (the ghost batches are the same when it divides
+    each device's share). Other arguments and norms without ghost batches
+    are kept: `batch` then normalizes over the global batch, as
+    `sync_batch` does under `tf.distribute`.
+
+    Args:
+        norm: A name from `NORM_LAYERS`.
+        norm_kwargs: The layer arguments for one device, e.g.
+            `{"groups_m": 4, "groups_c": 2}`.
+        devices: Devices the global batch is split over.
+
+    Returns:
+        A new dict of layer arguments.
+
+    Example:
+
+    >>> global_batch_kwargs("ghost", {"groups_m": 4}, devices=2)
+    {'groups_m': 8}
+    """
+    kwargs = dict(norm_kwargs)
+    if (
+        "groups_m" not in group_arguments(norm)
+        or kwargs.get("ghost_batch_size") is not None
+    ):
+        return kwargs
+    groups_m = kwargs.get("groups_m")
+    if groups_m is None:
+        # The layer's own default G_M (GhostNorm 4, SeqNorm 8).
+        groups_m = layer_class(_resolve(norm))._default_groups_m
+    kwargs["groups_m"] = groups_m * devices
+    return kwargs
 
 
 def check_norm_names(name, norms, error=ValueError):

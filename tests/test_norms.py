@@ -134,7 +134,8 @@ def test_bad_identifiers(norm, match):
 def test_the_registry_knows_each_norms_group_arguments():
     from keras_seqnorm import norms
 
-    assert norms.group_arguments("ghost") == {"groups_m": "groups_m"}
+    assert norms.group_arguments("ghost") == {
+        "groups_m": "groups_m", "ghost_batch_size": "ghost_batch_size"}
     assert norms.group_arguments("group") == {"groups_c": "groups"}
     assert norms.group_arguments("batch") == {}
     assert norms.group_kwargs("sequential", groups_m=8, groups_c=4) == {
@@ -142,14 +143,55 @@ def test_the_registry_knows_each_norms_group_arguments():
     assert norms.group_kwargs("ghost", groups_m=8, groups_c=4) == {
         "groups_m": 8}
     assert norms.group_kwargs("ghost") == {}
+    assert norms.group_kwargs("sequential", ghost_batch_size=16) == {
+        "ghost_batch_size": 16}
+    assert norms.group_kwargs("group", ghost_batch_size=16) == {}
     # Every group argument is one the norm's layer accepts.
     for name in NORM_LAYERS:
         arguments = set(norms.group_arguments(name).values())
         assert arguments <= norms.norm_layer_arguments(name), name
     assert norms.norms_taking("groups_m") == ["ghost", "sequential"]
+    assert norms.norms_taking("ghost_batch_size") == ["ghost", "sequential"]
     assert norms.check_norm_names("norms", ["ghost", "none"]) == (
         "ghost", "none")
     with pytest.raises(ValueError, match=r"Received: norms=\['layer'\]"):
         norms.check_norm_names("norms", ["layer"])
     with pytest.raises(ValueError, match=r"Received: norms=\('a', 'a'\)"):
         norms.check_norm_names("norms", ("a", "a"))
+
+
+@pytest.mark.parametrize(
+    "norm, kwargs, devices, expected",
+    [
+        # G_M per device times the devices; the layer's default counts.
+        ("ghost", {"groups_m": 4}, 2, {"groups_m": 8}),
+        ("ghost", {}, 3, {"groups_m": 12}),
+        ("sequential", {"groups_c": 2}, 2, {"groups_c": 2, "groups_m": 16}),
+        ("sequential", {"groups_m": 2, "groups_c": 4}, 1,
+         {"groups_m": 2, "groups_c": 4}),
+        # A ghost batch size means the same on any number of devices.
+        ("ghost", {"ghost_batch_size": 16}, 4, {"ghost_batch_size": 16}),
+        # Norms without ghost batches keep their arguments.
+        ("batch", {"momentum": 0.9}, 2, {"momentum": 0.9}),
+        ("group", {"groups": 4}, 2, {"groups": 4}),
+    ],
+)
+def test_global_batch_kwargs_keep_the_ghost_batches_per_device(
+    norm, kwargs, devices, expected
+):
+    from keras_seqnorm import norms
+
+    assert norms.global_batch_kwargs(norm, kwargs, devices) == expected
+    if norm in ("ghost", "sequential") and not set(kwargs) & {
+        "groups_m", "ghost_batch_size"
+    }:
+        # The layer's default G_M is the one multiplied: the default layer
+        # normalizes as one given G_M per device explicitly.
+        x = np.random.default_rng(0).normal(size=(48, 3, 8)).astype("float32")
+        per_device = expected["groups_m"] // devices
+        default = get_norm_layer(norm, **kwargs)(axis=-1)
+        given = get_norm_layer(norm, **kwargs, groups_m=per_device)(axis=-1)
+        np.testing.assert_allclose(
+            to_numpy(default(x, training=True)),
+            to_numpy(given(x, training=True)), rtol=1e-5, atol=1e-5,
+        )

@@ -15,11 +15,12 @@ applies (except `--norm` and `--seed`, which this command sets); with a
 norm `n` trains in `RUN_DIR/n/seed{r}` (a finished run is reused, a killed
 one resumes), then the command prints a table of the mean and standard
 deviation over seeds of the final validation accuracy and the test
-accuracy, and writes `RUN_DIR/compare.json` and `RUN_DIR/compare.png`
-(validation accuracy per epoch: mean over seeds, shaded from minimum to
-maximum). `RUN_DIR` defaults to `runs/compare/MODEL-DATASET-ID`, ID a hash
-of the recipe but the norms and seeds (more seeds or norms reuse the runs
-already there).
+accuracy (with `--recalibrate-steps`, also the test accuracy after
+recalibrating the statistics), and writes `RUN_DIR/compare.json` and
+`RUN_DIR/compare.png` (validation accuracy per epoch: mean over seeds,
+shaded from minimum to maximum). `RUN_DIR` defaults to
+`runs/compare/MODEL-DATASET-ID`, ID a hash of the recipe but the norms and
+seeds (more seeds or norms reuse the runs already there).
 
 A run that stopped on a non-finite loss or failed with an exception is not
 counted: the table holds the completed runs, and the command lists the
@@ -50,28 +51,37 @@ _PER_RUN = ("norm", "seed", "run_dir")
 
 
 def _groups_text(norm, norm_kwargs):
-    """`G_C=4, G_M=8`; `layer defaults` for a norm with groups but none
-    given; `-` for a norm without groups."""
-    labels = {"groups_c": "G_C", "groups_m": "G_M", "groups": "G"}
+    """`G_C=4, G_M=8` (`G_C=4, ghost batch=16` with a ghost batch size);
+    `layer defaults` for a norm with groups but none given; `-` for a norm
+    without groups."""
+    labels = {"groups_c": "G_C", "groups_m": "G_M", "groups": "G",
+              "ghost_batch_size": "ghost batch"}
     arguments = sorted(group_arguments(norm).values())
     if not arguments:
         return "-"
     if not any(argument in norm_kwargs for argument in arguments):
         return "layer defaults"
+    # G_M comes from the ghost batch size when that is given.
+    skip = "groups_m" if "ghost_batch_size" in norm_kwargs else (
+        "ghost_batch_size")
     return ", ".join(
         f"{labels[argument]}={norm_kwargs.get(argument, 'default')}"
-        for argument in arguments
+        for argument in arguments if argument != skip
     )
 
 
 def summarize(runs):
     """Per norm, in order of first appearance: runs, group counts, mean and
     sample standard deviation (0 for one run) of the final validation and
-    the test accuracy, and the mean training images per second.
+    the test accuracy, and the mean training images per second; with
+    recalibrated statistics (`--recalibrate-steps`), also the mean and
+    standard deviation of the test accuracy after recalibrating and which
+    `recalibrated_statistics` they were.
 
     Args:
         runs: Dicts with `norm`, `norm_kwargs`, `val_accuracy` (the final
-            epoch's), `test_accuracy` and `images_per_second`.
+            epoch's), `test_accuracy`, `images_per_second` and
+            `recalibrated_test_accuracy` (`None` without recalibration).
     """
     summary = {}
     for norm in dict.fromkeys(entry["norm"] for entry in runs):
@@ -90,29 +100,50 @@ def summarize(runs):
             "test_accuracy_std": test[1],
             "images_per_second": speed,
         }
+        if entries[0].get("recalibrated_test_accuracy") is not None:
+            after = mean_and_std(
+                entry["recalibrated_test_accuracy"] for entry in entries
+            )
+            summary[norm].update(
+                recalibrated_statistics=entries[0]["recalibrated_statistics"],
+                recalibrated_test_accuracy_mean=after[0],
+                recalibrated_test_accuracy_std=after[1],
+            )
     return summary
 
 
+def _percent(row, key):
+    return f"{100 * row[key + '_mean']:.2f} ± {100 * row[key + '_std']:.2f}"
+
+
 def format_table(summary):
-    """The summary as a fixed-width text table (accuracies in percent)."""
+    """The summary as a fixed-width text table (accuracies in percent),
+    with a column of the test accuracy after recalibrating when the runs
+    recalibrated their statistics."""
+    recalibrated = next(
+        (row["recalibrated_statistics"] for row in summary.values()
+         if "recalibrated_statistics" in row), None,
+    )
+    after = f"test, {recalibrated} stats (%)" if recalibrated else ""
     header = (
         f"{'norm':<12} {'groups':<16} {'runs':>4}  "
         f"{'val accuracy (%)':>17}  {'test accuracy (%)':>17}  "
-        f"{'images/s':>9}"
+        + (f"{after}  " if recalibrated else "")
+        + f"{'images/s':>9}"
     )
     lines = [header, "-" * len(header)]
     for norm, row in summary.items():
-        val = (
-            f"{100 * row['val_accuracy_mean']:.2f} ± "
-            f"{100 * row['val_accuracy_std']:.2f}"
-        )
-        test = (
-            f"{100 * row['test_accuracy_mean']:.2f} ± "
-            f"{100 * row['test_accuracy_std']:.2f}"
-        )
+        cells = [_percent(row, "val_accuracy"), _percent(row, "test_accuracy")]
+        if recalibrated:
+            cells.append((
+                _percent(row, "recalibrated_test_accuracy")
+                if "recalibrated_statistics" in row else "-"
+            ).rjust(len(after)))
         lines.append(
             f"{norm:<12} {row['groups']:<16} {row['runs']:>4}  "
-            f"{val:>17}  {test:>17}  {row['images_per_second']:>9.0f}"
+            f"{cells[0]:>17}  {cells[1]:>17}  "
+            + "".join(f"{cell}  " for cell in cells[2:])
+            + f"{row['images_per_second']:>9.0f}"
         )
     return "\n".join(lines)
 
@@ -177,7 +208,9 @@ def compare(norms=DEFAULT_NORMS, seeds=3, run_dir=None, title=None,
         `summary` (see `summarize`), `table`,
         `figure` (`None` when no run completed), `runs` (per completed run:
         `norm`, `seed`, `run_dir`, `norm_kwargs`, `val_accuracy`,
-        `test_accuracy`, `images_per_second`, `val_accuracy_curve`) and
+        `test_accuracy`, `recalibrated_test_accuracy` and
+        `recalibrated_statistics` (`None` unless the recipe sets
+        `recalibrate_steps`), `images_per_second`, `val_accuracy_curve`) and
         `failed` (per other run: `norm`, `seed`, `run_dir`, `status` and
         the `error`, if any).
 
@@ -217,6 +250,16 @@ def compare(norms=DEFAULT_NORMS, seeds=3, run_dir=None, title=None,
     return comparison
 
 
+def _recalibrated(results):
+    """The test accuracy after recalibrating (`None` without) and the
+    statistics, for a run's entry."""
+    recalibrated = results.get("recalibrated") or {}
+    return {
+        "recalibrated_test_accuracy": recalibrated.get("test_accuracy"),
+        "recalibrated_statistics": recalibrated.get("statistics"),
+    }
+
+
 def _train_all(configs):
     """Trains `configs` in turn; returns `(runs, failed)`: an entry per
     completed run, and one per run that failed or stopped."""
@@ -246,6 +289,7 @@ def _train_all(configs):
                 "norm_kwargs": results["norm_kwargs"],
                 "val_accuracy": results["final"]["val_accuracy"],
                 "test_accuracy": results["test_accuracy"],
+                **_recalibrated(results),
                 "images_per_second": results["images_per_second"],
                 "val_accuracy_curve": results["history"]["val_accuracy"],
             }

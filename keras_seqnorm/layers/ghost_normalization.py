@@ -56,16 +56,18 @@ class GhostNormalization(keras.layers.Layer):
     the layer normalizes with `moving_mean` and `moving_variance`, like
     `BatchNormalization`.
 
-    **What `groups_m` counts** is the ghost batches of the batch the layer
-    sees. Under a `tf.distribute` strategy (`MirroredStrategy`, ...) that is
-    each replica's share of the global batch, so `groups_m=G` on `n`
-    replicas is `groups_m=n*G` on one device; the moving statistics are
-    averaged across replicas at each update, so every replica holds the
-    same values. Under `keras.distribution.DataParallel` on JAX the layer
-    sees the global batch, so `groups_m` counts ghost batches of the global
-    batch: `groups_m=n*G` there gives each of `n` devices `G` ghost batches
-    (`keras-seqnorm train` translates its per-device `--groups-m`).
-    `ghost_batch_size` means the same everywhere.
+    What `groups_m` counts depends on the batch the layer sees. Under a
+    `tf.distribute` strategy the layer sees each replica's share of the
+    batch, so `groups_m` counts ghost batches per replica: `groups_m=G` on
+    `n` replicas is `groups_m=n*G` on one device. Under JAX's
+    `keras.distribution.DataParallel` the layer sees the global batch
+    (sharded over the devices), so `groups_m` counts the ghost batches of
+    the global batch: `groups_m=n*G` on `n` devices forms the same ghost
+    batches as `groups_m=G` per replica under `MirroredStrategy`, and when
+    `n` divides `groups_m` (and each device's share splits evenly) every
+    ghost batch lies on one device. `ghost_batch_size` means the same under
+    both. The moving statistics are averaged across replicas at each
+    update, so every replica holds the same values.
 
     **Speed.** The layer reads the input twice and writes it once, like
     `BatchNormalization`, with one custom gradient for the whole layer.

@@ -31,6 +31,10 @@ class SequentialNormalization(GhostNormalization):
     moving statistics); the ghost stage uses `moving_mean` and
     `moving_variance`.
 
+    `groups_m` counts ghost batches of the batch the layer sees: per replica
+    under a `tf.distribute` strategy, of the global batch under JAX's
+    `keras.distribution.DataParallel` (see `GhostNormalization`).
+
     Args:
         groups_c: Number of channel groups G_C for the GroupNorm stage; must
             divide the number of channels. Defaults to `4`.

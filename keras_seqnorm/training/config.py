@@ -75,7 +75,10 @@ DATASET_DEFAULTS = {
 }
 DATASETS = tuple(DATASET_DEFAULTS)
 SCHEDULES = ("constant", "cosine", "piecewise_linear")
-STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device",
+              "data_parallel")
+# `recalibrate_statistics`' kinds of statistics.
+RECALIBRATION_STATISTICS = ("ghost", "population")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
 # Fields that change how a run executes, not what it trains: a run resumed
@@ -298,8 +301,11 @@ class Config:
     )
     groups_m: int | None = _option(
         None,
-        "G_M, ghost batches per replica (ghost, sequential); default: the "
-        "preset's value for the norm, else the layer's default.",
+        "G_M, ghost batches per device (ghost, sequential): per replica "
+        "of a tf.distribute strategy, per device of JAX's DataParallel "
+        "(whose layers see the global batch and get G_M times the "
+        "devices); default: the preset's value for the norm, else the "
+        "layer's default.",
         int,
         "model",
         low=1,
@@ -308,6 +314,16 @@ class Config:
         None,
         "G_C, channel groups (sequential; the GroupNorm groups of "
         "--norm group); default: the preset's value, else the layer's.",
+        int,
+        "model",
+        low=1,
+    )
+    ghost_batch_size: int | None = _option(
+        None,
+        "Samples per ghost batch (ghost, sequential), instead of "
+        "--groups-m: the same ghost batches on any number of devices and "
+        "either backend (with several devices it must divide each "
+        "device's share of the batch).",
         int,
         "model",
         low=1,
@@ -437,11 +453,34 @@ class Config:
         0.0, "MixUp alpha (0: off).", float, "augmentation", low=0.0
     )
 
+    recalibrate_steps: int = _option(
+        0,
+        "After training, recompute the norm layers' moving statistics "
+        "over this many training batches (keras_seqnorm."
+        "recalibrate_statistics; the batches the epochs after the last "
+        "would train on) and report the test accuracy before and after "
+        "(0: off).",
+        int,
+        "recalibration",
+        low=0,
+    )
+    recalibrate_statistics: str = _option(
+        "ghost",
+        "Statistics of --recalibrate-steps: ghost (the average of the "
+        "ghost batches' statistics, what training normalized with) or "
+        "population (of all the samples seen).",
+        group="recalibration",
+        choices=RECALIBRATION_STATISTICS,
+    )
+
     strategy: str = _option(
         "auto",
-        "tf.distribute strategy: auto (MultiWorkerMirrored when TF_CONFIG "
+        "Devices: auto (TensorFlow: MultiWorkerMirrored when TF_CONFIG "
         "lists several workers, Mirrored over several GPUs, else one "
-        "device), mirrored, multi_worker, one_device.",
+        "device; JAX: data_parallel when it sees several devices), "
+        "mirrored, multi_worker, one_device (tf.distribute, TensorFlow), "
+        "data_parallel (keras.distribution.DataParallel over every device "
+        "of every process, JAX).",
         group="system",
         choices=STRATEGIES,
     )
@@ -499,7 +538,8 @@ class Config:
     def norm_layer_kwargs(self):
         """`norm_kwargs` of `get_model`: the group counts set for this
         norm, as the layer's argument names, plus `norm_kwargs`."""
-        kwargs = group_kwargs(self.norm, self.groups_m, self.groups_c)
+        kwargs = group_kwargs(self.norm, self.groups_m, self.groups_c,
+                              self.ghost_batch_size)
         kwargs.update(self.norm_kwargs)
         return kwargs
 
@@ -553,6 +593,9 @@ def _validate(config):
         if getattr(config, count) is not None and config.norm not in takers:
             _fail(count, f"None for norm={config.norm!r} (it is used by "
                   f"{', '.join(takers)})", getattr(config, count))
+    if config.groups_m is not None and config.ghost_batch_size is not None:
+        _fail("ghost_batch_size", f"None when groups_m={config.groups_m} "
+              "is given (give one of them)", config.ghost_batch_size)
 
 
 def _flag(name):
@@ -791,6 +834,9 @@ def make_config(values=None, **overrides):
     if preset is not None:
         norm = given.get("norm", preset_values(preset).get("norm", "batch"))
         merged.update(preset_values(preset, norm))
+        if given.get("ghost_batch_size") is not None:
+            # The ghost batches are given by their size instead.
+            merged.pop("groups_m", None)
     merged.update(given)
     return Config(**merged)
 

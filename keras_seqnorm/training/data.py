@@ -355,13 +355,19 @@ def _tfds(config):
     )
 
 
-def load_data(config):
+def load_data(config, partial_batch_first=False):
     """The pipelines of `config.dataset` (see the module docstring).
 
     Args:
         config: A `Config` whose data fields are resolved
             (`resolve_data_fields`); `config.batch_size` is the global batch
             size, over all replicas.
+        partial_batch_first: Make the partial batch of an evaluation
+            pipeline (its first `size % batch_size` images) its first
+            batch, not its last. Under `keras.distribution.DataParallel`,
+            which lays out every batch of an evaluation as its first, a
+            split whose size the devices do not divide is then evaluated
+            whole on every device, not cut unevenly. Defaults to `False`.
 
     Returns:
         A `Data`.
@@ -397,7 +403,7 @@ def load_data(config):
     def standardize(images, labels):
         return (images - mean) / std, labels
 
-    def evaluation(dataset):
+    def evaluation(dataset, images):
         dataset = dataset.map(prepare, num_parallel_calls=AUTOTUNE)
         if imagenet:
             dataset = dataset.map(
@@ -406,9 +412,11 @@ def load_data(config):
             )
         else:
             dataset = dataset.cache()
-        dataset = dataset.batch(batch_size).map(
-            standardize, num_parallel_calls=AUTOTUNE
-        )
+        partial = images % batch_size if partial_batch_first else 0
+        batches = dataset.skip(partial).batch(batch_size)
+        if partial:
+            batches = dataset.take(partial).batch(partial).concatenate(batches)
+        dataset = batches.map(standardize, num_parallel_calls=AUTOTUNE)
         return _with_options(dataset.prefetch(AUTOTUNE))
 
     validation, validation_size = source.validation
@@ -418,8 +426,8 @@ def load_data(config):
             train, train_size, config, batch_size, channels, prepare,
             standardize,
         ),
-        validation=evaluation(validation),
-        test=evaluation(test),
+        validation=evaluation(validation, validation_size),
+        test=evaluation(test, test_size),
         input_shape=(size, size, channels),
         num_classes=num_classes,
         train_size=train_size,

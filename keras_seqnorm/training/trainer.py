@@ -7,10 +7,13 @@ results = train(Config(dataset="digits", norm="ghost", groups_m=4))
 ```
 
 `keras-seqnorm train [flags]` parses its flags into a `Config` and calls
-`train`, which does the work: the `tf.distribute` strategy first, then the
-data with the global batch size, the model and its compilation inside
-`strategy.scope()`, `fit` with the callbacks of `callbacks.py`, and the
-test evaluation. Once the data and the model exist it writes
+`train`, which does the work: the strategy first (`distribution.py`: a
+`tf.distribute` strategy, or JAX's `keras.distribution.DataParallel`),
+then the data with the global batch size, and inside the strategy's scope
+the model and its compilation, `fit` with the callbacks of `callbacks.py`,
+the test evaluation and, with `--recalibrate-steps`, the recalibration of
+the moving statistics and a second test evaluation. Once the data and the
+model exist it writes
 `RUN_DIR/config.json` (a start that fails leaves the directory as it was),
 and after training `RUN_DIR/results.json` with the run's `status`:
 `completed`, `stopped_nan` (the loss stopped being finite) or `failed` (an
@@ -20,7 +23,6 @@ uninterrupted run would have had; starting a completed or stopped run again
 returns its results without training.
 """
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -33,6 +35,9 @@ import keras
 
 from keras_seqnorm.models import get_model
 from keras_seqnorm.norms import get_norm_layer
+from keras_seqnorm.norms import global_batch_kwargs
+from keras_seqnorm.recalibrate import recalibrate_statistics
+from keras_seqnorm.training import distribution
 from keras_seqnorm.training.callbacks import BACKUP_DIR
 from keras_seqnorm.training.callbacks import LOG_FILE
 from keras_seqnorm.training.callbacks import StopOnNaN
@@ -49,6 +54,7 @@ from keras_seqnorm.training.config import format_command
 from keras_seqnorm.training.config import resolve_data_fields
 from keras_seqnorm.training.config import run_id
 from keras_seqnorm.training.optimizers import build_optimizer
+from keras_seqnorm.utils import iter_sublayers
 from keras_seqnorm.utils import write_json
 
 PROG = "keras-seqnorm train"
@@ -59,62 +65,7 @@ COMPLETED, STOPPED_NAN, FAILED = "completed", "stopped_nan", "failed"
 FINAL_STATUSES = (COMPLETED, STOPPED_NAN)
 
 
-def get_strategy(name):
-    """The `tf.distribute` strategy called `name`, or `None` on a backend
-    other than TensorFlow (where only `"auto"` is accepted).
-
-    - `auto`: `multi_worker` when `TF_CONFIG` lists several workers,
-      `mirrored` with several GPUs, one GPU's `OneDeviceStrategy`, else the
-      default strategy (one device).
-    - `mirrored`: `MirroredStrategy` over all GPUs, or over all logical
-      CPU devices when there is no GPU.
-    - `multi_worker`: `MultiWorkerMirroredStrategy`, configured by the
-      `TF_CONFIG` environment variable of each worker.
-    - `one_device`: the first GPU, else the CPU.
-
-    `MultiWorkerMirroredStrategy` must exist before TensorFlow starts, so
-    call this before any other TensorFlow work.
-    """
-    if keras.backend.backend() != "tensorflow":
-        if name != "auto":
-            raise ConfigError(
-                f"Argument `strategy` must be 'auto' on the "
-                f"{keras.backend.backend()} backend: tf.distribute needs "
-                f"TensorFlow. Received: strategy={name!r}"
-            )
-        return None
-    import tensorflow as tf
-
-    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get(
-        "cluster", {}
-    )
-    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-    if name == "multi_worker" or (name == "auto" and workers > 1):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(gpus or cpus)
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
-    return tf.distribute.get_strategy()
-
-
-def _worker_run_dir(run_dir, strategy):
-    """The chief writes to `run_dir`; other workers of a multi-worker run
-    to `run_dir/workers/TYPE_ID` (their copies are identical)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    task_id = getattr(resolver, "task_id", None)
-    if task_type in (None, "chief"):
-        return run_dir, True
-    cluster = resolver.cluster_spec().as_dict()
-    if task_type == "worker" and task_id == 0 and "chief" not in cluster:
-        return run_dir, True
-    return os.path.join(run_dir, "workers", f"{task_type}_{task_id}"), False
-
-
-def _check_batch(config, replicas):
+def _check_batch(config, replicas, strategy):
     if config.batch_size % replicas:
         raise ConfigError(
             f"Argument `batch_size` must be a multiple of the {replicas} "
@@ -127,6 +78,42 @@ def _check_batch(config, replicas):
             f"batch of the {per_replica} samples per replica (G_M is per "
             f"replica). Received: groups_m={config.groups_m}"
         )
+    size = config.ghost_batch_size
+    if size is not None and replicas > 1 and per_replica % size:
+        raise ConfigError(
+            f"Argument `ghost_batch_size` must divide the {per_replica} "
+            f"samples per replica, so that every ghost batch lies on one "
+            f"device. Received: ghost_batch_size={size}"
+        )
+    groups_m = layer_kwargs(config, strategy).get("groups_m")
+    if (
+        groups_m is not None and replicas > 1
+        and distribution.layers_see_global_batch(strategy)
+        and per_replica % (groups_m // replicas)
+    ):
+        default = "" if config.groups_m is not None else (
+            f", the layer's default {groups_m // replicas}")
+        raise ConfigError(
+            f"Argument `groups_m` (G_M per device{default}) must divide the "
+            f"{per_replica} samples per device under DataParallel, whose "
+            f"layers split the global batch: else ghost batches would "
+            f"straddle the devices and differ from those of each device's "
+            f"share. Received: groups_m={config.groups_m}"
+        )
+
+
+def layer_kwargs(config, strategy):
+    """The arguments the norm layers of `config`'s model are built with
+    under `strategy`: `config.norm_layer_kwargs()`, whose G_M counts ghost
+    batches per device, for a layer that sees the global batch
+    (`keras.distribution.DataParallel`) translated by
+    `norms.global_batch_kwargs`."""
+    kwargs = config.norm_layer_kwargs()
+    if distribution.layers_see_global_batch(strategy):
+        kwargs = global_batch_kwargs(
+            config.norm, kwargs, distribution.replicas(strategy)
+        )
+    return kwargs
 
 
 def _read_json(path, what, run_dir):
@@ -234,14 +221,14 @@ def _existing_run(config, run_dir, given):
     return None
 
 
-def _build_model(config, data, replicas):
+def _build_model(config, data, replicas, norm_kwargs):
     try:
         model = get_model(
             config.model,
             num_classes=data.num_classes,
             input_shape=data.input_shape,
             norm=config.norm,
-            norm_kwargs=config.norm_layer_kwargs(),
+            norm_kwargs=norm_kwargs,
         )
     except ValueError as error:
         raise ConfigError(" ".join(str(error).split())) from None
@@ -255,6 +242,28 @@ def _build_model(config, data, replicas):
         steps_per_execution=config.steps_per_execution,
     )
     return model
+
+
+def _check_norm(config, norm_kwargs):
+    """Checks that the norm layer can be made."""
+    try:
+        get_norm_layer(config.norm, **norm_kwargs)
+    except ValueError as error:
+        raise ConfigError(" ".join(str(error).split())) from None
+
+
+def _check_recalibration(config, model):
+    """Checks that `model` has moving statistics to recalibrate when
+    `--recalibrate-steps` asks for it."""
+    if config.recalibrate_steps and not any(
+        getattr(layer, "moving_mean", None) is not None
+        for _, layer in iter_sublayers(model)
+    ):
+        raise ConfigError(
+            f"Argument `recalibrate_steps` must be 0 for norm="
+            f"{config.norm!r}, whose layers keep no moving statistics. "
+            f"Received: recalibrate_steps={config.recalibrate_steps}"
+        )
 
 
 def _lock(config, run_dir):
@@ -303,7 +312,8 @@ def _summarize(config, data, rows, outcome, replicas, strategy,
         "status": outcome.status,
         "config": config.to_dict(),
         "norm_kwargs": config.norm_layer_kwargs(),
-        "strategy": type(strategy).__name__ if strategy else None,
+        "layer_kwargs": layer_kwargs(config, strategy),
+        "strategy": distribution.strategy_name(strategy),
         "replicas": replicas,
         "data": {
             "input_shape": list(data.input_shape),
@@ -322,6 +332,7 @@ def _summarize(config, data, rows, outcome, replicas, strategy,
         "best_val_accuracy": max(history.get("val_accuracy") or [None]),
         "test_accuracy": float(test["accuracy"]) if test else None,
         "test_loss": float(test["loss"]) if test else None,
+        "recalibrated": outcome.recalibrated,
         "train_seconds": sum(row["train_seconds"] for row in rows),
         "wall_seconds": wall_seconds,
         "images_per_second": images / train_seconds if train_seconds else None,
@@ -349,11 +360,19 @@ def train(config, callbacks=()):
         The results dict also written to `RUN_DIR/results.json`: `status`
         (`completed`; `stopped_nan`, with `stopped_at`, the `epoch` and
         `batch` of the first non-finite loss, counted from 0), the resolved
-        `config`, `norm_kwargs`, `strategy`, `replicas`, `data` (shapes and
+        `config`, `norm_kwargs` (the norm arguments of the config, G_M per
+        device), `layer_kwargs` (those the layers were built with: G_M
+        times the devices under `DataParallel`), `strategy` (its class
+        name, `DataParallel` on JAX, `None` on one JAX device),
+        `replicas` (devices), `data` (shapes and
         sizes), `history` (every epoch's metrics across restarts, from
         `log.csv`), `epochs_completed`, `final` (the last epoch's metrics,
         `val_accuracy` included), `best_val_accuracy`, `test_accuracy` and
-        `test_loss` of the final model (`None` unless completed),
+        `test_loss` of the final model with the moving statistics that
+        training left (`None` unless completed), `recalibrated` (with
+        `--recalibrate-steps`, else `None`: the `statistics`, `steps`,
+        `test_accuracy` and `test_loss` after recalibrating them, and per
+        norm layer the summary of `recalibrate_statistics` as a dict),
         `train_seconds`, `wall_seconds` (this invocation),
         `images_per_second` (training steps, after the first epoch),
         `run_dir` and `is_chief`.
@@ -369,33 +388,35 @@ def train(config, callbacks=()):
     """
     start = time.perf_counter()
     keras.backend.clear_session()
-    strategy = get_strategy(config.strategy)
+    strategy = distribution.get_strategy(config.strategy)
     if config.deterministic:
         _switch_on_determinism()
-    replicas = strategy.num_replicas_in_sync if strategy else 1
+    replicas = distribution.replicas(strategy)
     place = _place(config, strategy, replicas)
     config = place.config
     finished = _existing_run(config, place.run_dir, place.given)
     if finished is not None:
         return finished
     backup = read_backup(os.path.join(place.run_dir, BACKUP_DIR))
-    try:
-        get_norm_layer(config.norm, **config.norm_layer_kwargs())
-    except ValueError as error:
-        raise ConfigError(" ".join(str(error).split())) from None
+    norm_kwargs = layer_kwargs(config, strategy)
+    _check_norm(config, norm_kwargs)
     keras.utils.set_random_seed(config.seed)
     from keras_seqnorm.training.data import load_data
 
-    data = load_data(config)
+    data = load_data(
+        config, partial_batch_first=distribution.is_data_parallel(strategy)
+    )
+    distribution.check_evaluation_sizes(data, strategy)
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
-        with strategy.scope() if strategy else contextlib.nullcontext():
-            model = _build_model(config, data, replicas)
-        _lock(config, place.run_dir)
-        outcome = _fit_and_test(
-            model, data, config, place.run_dir, backup, callbacks
-        )
+        with distribution.scope(strategy):
+            model = _build_model(config, data, replicas, norm_kwargs)
+            _check_recalibration(config, model)
+            _lock(config, place.run_dir)
+            outcome = _fit_and_test(
+                model, data, config, place.run_dir, backup, callbacks
+            )
     finally:
         keras.config.set_dtype_policy(policy)
     rows = read_log(os.path.join(place.run_dir, LOG_FILE))
@@ -432,8 +453,8 @@ def _place(config, strategy, replicas):
     config = dataclasses.replace(
         config, run_dir=os.path.realpath(config.run_dir)
     )
-    run_dir, is_chief = _worker_run_dir(config.run_dir, strategy)
-    _check_batch(config, replicas)
+    run_dir, is_chief = distribution.worker_run_dir(config.run_dir, strategy)
+    _check_batch(config, replicas, strategy)
     _check_path(run_dir, given)
     return _Place(config, run_dir, given, is_chief)
 
@@ -441,12 +462,14 @@ def _place(config, strategy, replicas):
 class _Outcome(typing.NamedTuple):
     """How `fit` ended: `status`; `stopped`, the `(epoch, batch)` of a
     non-finite loss; `test`, the test metrics of a completed run; `error`,
-    the exception that stopped training (status `failed`)."""
+    the exception that stopped training (status `failed`); `recalibrated`,
+    the test after recalibrating the statistics (`--recalibrate-steps`)."""
 
     status: str
     stopped: tuple | None = None
     test: dict | None = None
     error: Exception | None = None
+    recalibrated: dict | None = None
 
 
 class _EpochFeed(keras.callbacks.Callback):
@@ -483,8 +506,56 @@ def _fit_and_test(model, data, config, run_dir, backup, callbacks):
         if guard.stopped is not None:
             return _Outcome(STOPPED_NAN, stopped=guard.stopped)
         test = model.evaluate(data.test, return_dict=True, verbose=0)
+        recalibrated = None
+        if config.recalibrate_steps:
+            recalibrated = _recalibrate(model, data, config)
     except ConfigError:
         raise
     except Exception as error:  # Recorded, then raised again by `train`.
         return _Outcome(FAILED, error=error)
-    return _Outcome(COMPLETED, test=test)
+    return _Outcome(COMPLETED, test=test, recalibrated=recalibrated)
+
+
+def recalibration_batches(data, config):
+    """The batches `--recalibrate-steps` averages over: those the epochs
+    after the last would train on (`config.epochs`, then the next), each
+    epoch in its own order and with the augmentation of training, so the
+    statistics are those of fresh training batches, the same on every
+    run and every resume of the config.
+
+    Returns:
+        A `tf.data.Dataset` of `(images, labels)` batches, `steps` of them
+        at most (`config.recalibrate_steps`).
+    """
+    import tensorflow as tf
+
+    steps = config.recalibrate_steps
+    epochs = -(-steps // data.steps_per_epoch)
+    return tf.data.Dataset.range(
+        config.epochs, config.epochs + epochs
+    ).flat_map(data.epoch_batches).take(steps)
+
+
+def _recalibrate(model, data, config):
+    """Recalibrates the moving statistics (`recalibrate_statistics`) over
+    `recalibration_batches` and tests again; returns the results'
+    `recalibrated` dict."""
+    batches = recalibration_batches(data, config)
+    strategy = keras.distribution.distribution()
+    if distribution.is_data_parallel(strategy):
+        batches = distribution.global_batches(batches, strategy)
+    summary = recalibrate_statistics(
+        model, batches, steps=config.recalibrate_steps,
+        statistics=config.recalibrate_statistics,
+    )
+    test = model.evaluate(data.test, return_dict=True, verbose=0)
+    return {
+        "statistics": config.recalibrate_statistics,
+        "steps": config.recalibrate_steps,
+        "test_accuracy": float(test["accuracy"]),
+        "test_loss": float(test["loss"]),
+        "layers": {
+            path: dataclasses.asdict(entry)
+            for path, entry in summary.items()
+        },
+    }

@@ -28,11 +28,16 @@ class FakeRun:
         test = {"ghost": 0.92, "sequential": 0.94}.get(config.norm, 0.90)
         test += 0.01 * config.seed
         curve = [0.5, 0.7, test - 0.01]
+        recalibrated = None
+        if config.recalibrate_steps:
+            recalibrated = {"statistics": config.recalibrate_statistics,
+                            "test_accuracy": test + 0.02 * (config.seed + 1)}
         return {
             "norm_kwargs": config.norm_layer_kwargs(),
             "final": {"val_accuracy": curve[-1]},
             "history": {"val_accuracy": curve},
             "test_accuracy": test,
+            "recalibrated": recalibrated,
             "images_per_second": 1000.0,
             "wall_seconds": 1.0,
             **({"status": failure} if failure else {}),
@@ -88,6 +93,36 @@ def test_table_of_means_and_standard_deviations(tmp_path, fake_run, capsys):
         assert file.read(8) == PNG
 
 
+def test_recalibrated_accuracy_gets_a_column(tmp_path, fake_run, capsys):
+    result = _compare([
+        "--norms", "batch,sequential", "--seeds", "2", "--run-dir",
+        str(tmp_path), "--recalibrate-steps", "5",
+        "--recalibrate-statistics", "population",
+    ])
+    assert {c.recalibrate_steps for c in fake_run.configs} == {5}
+    row = result["summary"]["sequential"]
+    assert row["recalibrated_statistics"] == "population"
+    # Seeds 0 and 1: 0.94 + 0.02, 0.95 + 0.04.
+    assert row["recalibrated_test_accuracy_mean"] == pytest.approx(0.975)
+    assert row["recalibrated_test_accuracy_std"] == pytest.approx(
+        np.std([0.96, 0.99], ddof=1))
+    assert row["test_accuracy_mean"] == pytest.approx(0.945)
+    assert [run["recalibrated_test_accuracy"] for run in result["runs"]] \
+        == pytest.approx([0.92, 0.95, 0.96, 0.99])
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("norm "))
+    assert "test accuracy (%)" in header
+    assert "test, population stats (%)" in header
+    sequential = next(line for line in lines if line.startswith("sequential"))
+    assert "94.50 ± 0.71" in sequential and "97.50 ± 2.12" in sequential
+    # Without recalibration, no such column.
+    plain = comparison.format_table(comparison.summarize([
+        {**run, "recalibrated_test_accuracy": None}
+        for run in result["runs"]
+    ]))
+    assert "stats" not in plain
+
+
 def test_group_flags_apply_only_to_norms_that_take_them(tmp_path, fake_run):
     _compare(["--norms", "batch,ghost,group", "--seeds", "1",
                   "--groups-m", "2", "--groups-c", "4",
@@ -116,6 +151,28 @@ def test_bad_flags(capsys, fake_run, argv, expected):
     assert info.value.code == 2
     assert expected in capsys.readouterr().err
     assert fake_run.configs == []
+
+
+@pytest.mark.slow
+@pytest.mark.jax_run
+def test_compare_recalibrates_on_digits(tmp_path, capsys):
+    result = _compare([
+        "--norms", "ghost", "--seeds", "1", "--epochs", "1",
+        "--recalibrate-steps", "5", "--run-dir", str(tmp_path),
+    ])
+    (entry,) = result["runs"]
+    with open(os.path.join(entry["run_dir"], "results.json")) as file:
+        stored = json.load(file)
+    recalibrated = stored["recalibrated"]
+    assert (recalibrated["statistics"], recalibrated["steps"]) == (
+        "ghost", 5)
+    assert entry["recalibrated_test_accuracy"] == (
+        recalibrated["test_accuracy"])
+    assert entry["test_accuracy"] == stored["test_accuracy"]
+    row = result["summary"]["ghost"]
+    assert row["recalibrated_test_accuracy_mean"] == pytest.approx(
+        recalibrated["test_accuracy"])
+    assert "test, ghost stats (%)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -6,14 +6,6 @@ from keras_seqnorm import cli
 from keras_seqnorm.analysis import loss_landscape
 from keras_seqnorm.layers import GhostNormalization
 
-pytestmark = [
-    pytest.mark.tensorflow_only,
-    pytest.mark.skipif(
-        keras.backend.backend() != "tensorflow",
-        reason="the manual reference uses tf.GradientTape",
-    ),
-]
-
 
 def _model(seed=0, dropout=0.2):
     keras.utils.set_random_seed(seed)
@@ -78,6 +70,11 @@ def test_probe_leaves_every_state_bit_identical():
         assert np.array_equal(old, new)
 
 
+@pytest.mark.tensorflow_only
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the manual reference uses tf.GradientTape",
+)
 def test_probe_matches_a_manual_evaluation():
     import tensorflow as tf
 
@@ -220,6 +217,7 @@ TRAIN_FLAGS = [
 
 
 @pytest.mark.slow
+@pytest.mark.jax_run
 def test_landscape_command_writes_the_schema_and_resumes(tmp_path):
     import json
     import os

@@ -9,6 +9,7 @@ from keras_seqnorm.analysis import report
 from keras_seqnorm.training.config import Config
 
 
+@pytest.mark.jax_run
 def test_section_2_2_example_matches_the_paper():
     example = report.section_2_2_example()
     assert all(example["batch_norm_match"])
@@ -79,6 +80,7 @@ def _results(run_dir, status="completed"):
         }, file)
 
 
+@pytest.mark.jax_run
 def test_failed_runs_are_left_out_and_listed(tmp_path, monkeypatch, capsys):
     runs = str(tmp_path / "runs")
     seq = os.path.join(runs, "compare", "sequential", "seed0")

@@ -166,6 +166,7 @@ def test_format_table_marks_the_best(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.jax_run
 def test_tune_command_trains_the_trials(tmp_path, capsys):
     argv = [
         "--model", "simplenet", "--epochs", "1", "--batch-size", "128",

@@ -170,3 +170,37 @@ def test_group_counts_become_layer_arguments():
         "ghost", "sequential", "group"}
     assert norms_taking("groups_m") == ["ghost", "sequential"]
     assert norms_taking("groups_c") == ["sequential", "group"]
+
+
+def test_ghost_batch_size_is_the_other_way_to_give_g_m():
+    config = parse_config(["--norm", "sequential", "--ghost-batch-size",
+                           "16", "--groups-c", "4"])
+    assert config.norm_layer_kwargs() == {"ghost_batch_size": 16,
+                                          "groups_c": 4}
+    with pytest.raises(ConfigError, match=r"None when groups_m=4 is given "
+                       r".*Received: ghost_batch_size=16$"):
+        Config(norm="ghost", groups_m=4, ghost_batch_size=16)
+    with pytest.raises(ConfigError, match="used by ghost, sequential"):
+        Config(norm="batch", ghost_batch_size=16)
+    # Given by its size, G_M is no longer the preset's.
+    preset = parse_config(["--preset", "cifar100-wrn28-10", "--norm",
+                           "sequential", "--ghost-batch-size", "8"])
+    assert (preset.groups_m, preset.groups_c) == (None, 4)
+    assert preset.ghost_batch_size == 8
+    assert parse_config(["--preset", "cifar100-wrn28-10", "--norm",
+                         "sequential"]).groups_m == 8
+
+
+def test_strategy_and_recalibration_flags(capsys):
+    config = parse_config(["--strategy", "data_parallel",
+                           "--recalibrate-steps", "20",
+                           "--recalibrate-statistics", "population"])
+    assert config.strategy == "data_parallel"
+    assert (config.recalibrate_steps, config.recalibrate_statistics) == (
+        20, "population")
+    assert (Config().recalibrate_steps, Config().recalibrate_statistics) == (
+        0, "ghost")
+    assert "Received: recalibrate_steps=-1" in _error(
+        capsys, ["--recalibrate-steps", "-1"])
+    assert "invalid choice: 'precise'" in _error(
+        capsys, ["--recalibrate-statistics", "precise"])

@@ -16,6 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from keras_seqnorm import cli
+from keras_seqnorm import recalibrate_statistics as recalibrate
 from keras_seqnorm.layers import SequentialNormalization
 from keras_seqnorm.models import get_model
 from keras_seqnorm.training import trainer
@@ -24,7 +25,9 @@ from keras_seqnorm.training.config import ConfigError
 from keras_seqnorm.training.config import parse_config
 from keras_seqnorm.training.data import load_data
 
-pytestmark = pytest.mark.tensorflow_only
+BACKEND = keras.backend.backend()
+# Tests marked `tensorflow_only` need TensorFlow as the backend (their
+# subprocesses start it); `jax_run` ones also run in `make test`'s JAX run.
 
 # Digits: 1,257 training images.
 STEPS_64 = 1257 // 64
@@ -51,6 +54,7 @@ def _subprocess(script, *args, env=None):
 
 
 @pytest.mark.slow
+@pytest.mark.jax_run
 def test_train_digits_writes_the_run_directory(tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     argv = ["--norm", "sequential", "--groups-m", "4", "--groups-c", "2",
@@ -117,6 +121,7 @@ def test_a_run_stopped_after_training_is_not_trained_again(
 
 
 @pytest.mark.slow
+@pytest.mark.jax_run
 def test_grad_accum_clip_precision_and_augmentation(tmp_path):
     run_dir = str(tmp_path)
     results = _main([
@@ -184,6 +189,7 @@ run_command(["train", *sys.argv[1:]])
 
 
 @pytest.mark.slow
+@pytest.mark.tensorflow_only
 def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     run_dir = str(tmp_path)
     process = _subprocess(
@@ -194,6 +200,7 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     assert process.returncode == 0, process.stderr[-3000:]
     assert "uneven batch exit 2" in process.stdout
     assert "multiple of the 2 replicas" in process.stderr
+    assert "epochs=1 replicas=2 (MirroredStrategy) (" in process.stdout
     with open(os.path.join(run_dir, "results.json")) as file:
         results = json.load(file)
     assert results["strategy"] == "MirroredStrategy"
@@ -241,6 +248,7 @@ def _backed_up(run_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.tensorflow_only
 def test_sigkill_and_resume_logs_every_epoch_once(tmp_path):
     run_dir = str(tmp_path)
     argv = ["--epochs", "4", "--run-dir", run_dir, "--verbose", "0"]
@@ -271,41 +279,6 @@ def test_sigkill_and_resume_logs_every_epoch_once(tmp_path):
     np.testing.assert_allclose(
         results["history"]["learning_rate"], expected, atol=1e-6
     )
-
-
-class _Resolver:
-    def __init__(self, task_type, task_id, cluster):
-        self.task_type = task_type
-        self.task_id = task_id
-        self._cluster = cluster
-
-    def cluster_spec(self):
-        return self
-
-    def as_dict(self):
-        return self._cluster
-
-
-class _Strategy:
-    def __init__(self, *args):
-        self.cluster_resolver = _Resolver(*args)
-
-
-@pytest.mark.parametrize(
-    "task, cluster, expected",
-    [
-        (("worker", 0), {"worker": ["a", "b"]}, ("runs/x", True)),
-        (("worker", 1), {"worker": ["a", "b"]},
-         (os.path.join("runs/x", "workers", "worker_1"), False)),
-        (("chief", 0), {"chief": ["a"], "worker": ["b"]}, ("runs/x", True)),
-        (("worker", 0), {"chief": ["a"], "worker": ["b"]},
-         (os.path.join("runs/x", "workers", "worker_0"), False)),
-    ],
-)
-def test_only_the_chief_writes_the_run_directory(task, cluster, expected):
-    strategy = _Strategy(*task, cluster)
-    assert trainer._worker_run_dir("runs/x", strategy) == expected
-    assert trainer._worker_run_dir("runs/x", object()) == ("runs/x", True)
 
 
 # Run directories: identity, locking, refusal (issue 10, defects 1 and 2).
@@ -383,6 +356,9 @@ def test_a_failed_start_leaves_the_directory_reusable(tmp_path, capsys):
          "does not accept the argument(s) foo"),
         (["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
           "--no-download"], "is not prepared in --data-dir"),
+        (["--norm", "group", "--recalibrate-steps", "5"],
+         "Argument `recalibrate_steps` must be 0 for norm='group', whose "
+         "layers keep no moving statistics. Received: recalibrate_steps=5"),
     ):
         error = _one_line_error(capsys, [*base, *flags])
         assert expected in error
@@ -475,6 +451,7 @@ def test_a_damaged_backup_stops_the_run_in_one_line(
 
 
 @pytest.mark.slow
+@pytest.mark.tensorflow_only
 def test_a_run_stopped_by_nan_fails(tmp_path, capsys):
     run_dir = tmp_path / "run"
     argv = ["train", "--epochs", "3", "--norm", "none", "--learning-rate",
@@ -566,6 +543,7 @@ def test_jit_compile_defaults_to_keras_auto():
     assert parse_config(["--jit-compile"]).jit_compile is True
 
 
+@pytest.mark.tensorflow_only
 def test_jit_compile_auto_reaches_compile(monkeypatch):
     compiled = {}
     original = keras.Model.compile
@@ -576,7 +554,8 @@ def test_jit_compile_auto_reaches_compile(monkeypatch):
 
     monkeypatch.setattr(keras.Model, "compile", spy)
     data = load_data(trainer.resolve_run_dir(Config(batch_size=64)))
-    model = trainer._build_model(Config(), data, 1)
+    model = trainer._build_model(Config(), data, 1,
+                                 Config().norm_layer_kwargs())
     assert compiled["jit_compile"] == "auto"
     # Keras' choice: no XLA for TensorFlow on a machine without a GPU.
     import tensorflow as tf
@@ -635,6 +614,16 @@ def held_save_backup(model, backup_dir, epoch):
     save_backup(model, backup_dir, epoch)
 
 
+def held_recalibrate(*args, **kwargs):
+    summary = recalibrate(*args, **kwargs)
+    if os.environ.get("HOLD_IN_RECALIBRATION"):
+        # The statistics are recalibrated, the results not yet written.
+        wait_to_be_killed()
+    return summary
+
+
+recalibrate = trainer.recalibrate_statistics
+trainer.recalibrate_statistics = held_recalibrate
 callbacks_lib.save_backup = held_save_backup
 trainer.train(parse_config(sys.argv[1:]), callbacks=[Final(), Hold()])
 """
@@ -666,6 +655,7 @@ def _weights(path):
 
 
 @pytest.mark.slow
+@pytest.mark.tensorflow_only
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     # Every source of randomness: shuffling, per-image RandAugment, every
     # per-batch augmentation and the noise of NoisyBatchNormalization.
@@ -709,6 +699,7 @@ def _readme_block(marker):
 
 
 @pytest.mark.slow
+@pytest.mark.tensorflow_only
 def test_the_readme_training_snippet_runs_as_written(tmp_path):
     script = _readme_block("seqnorm = train(parse_config(")
     first = subprocess.run(
@@ -745,6 +736,7 @@ def test_the_readme_train_commands_get_their_own_directories():
     assert len(dirs) == 3
 
 
+@pytest.mark.tensorflow_only
 def test_deterministic_switches_on_op_determinism(monkeypatch):
     import tensorflow as tf
 
@@ -778,3 +770,132 @@ def test_tf_distribute_strategies_are_refused_on_torch(monkeypatch,
         ConfigError, match=rf"torch backend.*Received: strategy='{strategy}'"
     ):
         trainer.get_strategy(strategy)
+
+
+# Recalibrated statistics (issue 13): `--recalibrate-steps`.
+
+
+class _KeepModel(keras.callbacks.Callback):
+    """Keeps the trained model and its weights as training left them."""
+
+    def on_train_end(self, logs=None):
+        self.trained = self.model
+        self.weights = self.model.get_weights()
+
+
+def _moving_statistics(model):
+    return [np.array(keras.ops.convert_to_numpy(v)) for v in model.variables
+            if "moving" in v.path]
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow_only
+def test_recalibration_after_training_resumes_when_killed(tmp_path):
+    flags = ["--norm", "sequential", "--epochs", "3", "--recalibrate-steps",
+             "20", "--verbose", "0"]
+    run_dir = tmp_path / "run"
+    argv = [*flags, "--run-dir", str(run_dir)]
+    out = str(tmp_path / "weights.npz")
+    # Killed after recalibrating, before the results are written.
+    _killed(KILLABLE, argv, {"WEIGHTS_OUT": out,
+                             "HOLD_IN_RECALIBRATION": "1"})
+    assert _backed_up(str(run_dir)) == 3
+    assert not os.path.exists(run_dir / "results.json")
+
+    keep = _KeepModel()
+    config = parse_config(argv)
+    results = trainer.train(config, callbacks=[keep])
+    assert _log_epochs(str(run_dir)) == [0, 1, 2]  # not trained again
+    # The trained weights are those of the killed run, backed up.
+    expected = _weights(out)
+    assert len(expected) == len(keep.weights)
+    for a, b in zip(expected, keep.weights):
+        np.testing.assert_array_equal(a, b)
+    recalibrated = results["recalibrated"]
+    assert (recalibrated["statistics"], recalibrated["steps"]) == (
+        "ghost", 20)
+    model = keep.trained
+    data = load_data(trainer.resolve_run_dir(config))
+    # The model now holds the recalibrated statistics; the EMA ones gave
+    # `test_accuracy`.
+    after = model.evaluate(data.test, return_dict=True, verbose=0)
+    assert after["accuracy"] == pytest.approx(recalibrated["test_accuracy"])
+    recalibrated_statistics = _moving_statistics(model)
+    model.set_weights(keep.weights)
+    before = model.evaluate(data.test, return_dict=True, verbose=0)
+    assert before["accuracy"] == pytest.approx(results["test_accuracy"])
+    # They are recalibrate_statistics' over 20 batches of the epochs after
+    # the last: epoch 3's 19, then epoch 4's first.
+    batches = list(trainer.recalibration_batches(data, config))
+    assert len(batches) == 20
+    epoch_3 = list(data.epoch_dataset(3))
+    np.testing.assert_array_equal(batches[0][0], epoch_3[0][0])
+    np.testing.assert_array_equal(batches[19][0],
+                                  next(iter(data.epoch_dataset(4)))[0])
+    assert not np.array_equal(batches[0][0], next(iter(data.train))[0])
+    summary = recalibrate(model, data.epoch_dataset(3).concatenate(
+        data.epoch_dataset(4)), steps=20)
+    assert list(summary) == list(recalibrated["layers"])
+    for path, entry in summary.items():
+        assert recalibrated["layers"][path]["count"] == entry.count
+        assert recalibrated["layers"][path]["batches"] == 20
+    for a, b in zip(_moving_statistics(model), recalibrated_statistics):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # Three epochs leave most of the initial zeros and ones in the EMA.
+    assert recalibrated["test_accuracy"] > results["test_accuracy"]
+
+
+# Two JAX devices (issue 12): keras.distribution.DataParallel.
+
+TWO_JAX_DEVICES = {
+    "KERAS_BACKEND": "jax",
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+}
+
+
+def _results(run_dir):
+    with open(os.path.join(run_dir, "results.json")) as file:
+        return json.load(file)
+
+
+@pytest.mark.slow
+@pytest.mark.jax_run
+@pytest.mark.skipif(BACKEND != "jax", reason="starts JAX subprocesses")
+def test_a_killed_data_parallel_run_on_two_jax_devices_resumes(tmp_path):
+    # 181 validation images: the last validation batch (53) does not split
+    # over the two devices. G_M=2 per device.
+    flags = ["--epochs", "2", "--strategy", "data_parallel", "--norm",
+             "sequential", "--groups-m", "2", "--groups-c", "4",
+             "--validation-size", "181", "--flip", "--verbose", "0"]
+    whole = str(tmp_path / "whole.npz")
+    done = _subprocess(KILLABLE, *flags, "--run-dir", str(tmp_path / "whole"),
+                       env={**TWO_JAX_DEVICES, "WEIGHTS_OUT": whole})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run_dir = tmp_path / "resumed"
+    argv = [*flags, "--run-dir", str(run_dir)]
+    resumed = str(tmp_path / "resumed.npz")
+    # Killed with SIGKILL in the second epoch, after the first backup.
+    _killed(KILLABLE, argv, {**TWO_JAX_DEVICES, "WEIGHTS_OUT": resumed,
+                             "HOLD_AT_BATCH": "1,3"})
+    assert _backed_up(str(run_dir)) == 1
+    assert _log_epochs(str(run_dir)) == [0]
+    os.remove(resumed + ".holding")
+    done = _subprocess(KILLABLE, *argv,
+                       env={**TWO_JAX_DEVICES, "WEIGHTS_OUT": resumed})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _log_epochs(str(run_dir)) == [0, 1]
+    results = _results(str(run_dir))
+    assert results["status"] == "completed"
+    assert (results["strategy"], results["replicas"]) == ("DataParallel", 2)
+    # G_M per device: twice as many ghost batches of the global batch.
+    assert results["norm_kwargs"] == {"groups_m": 2, "groups_c": 4}
+    assert results["layer_kwargs"] == {"groups_m": 4, "groups_c": 4}
+    # The very weights and metrics of the uninterrupted run.
+    for a, b in zip(_weights(whole), _weights(resumed)):
+        np.testing.assert_array_equal(a, b)
+    uninterrupted = _results(str(tmp_path / "whole"))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert results["history"][key] == uninterrupted["history"][key]
+    for key in ("test_accuracy", "test_loss"):
+        assert results[key] == uninterrupted[key], key
