@@ -19,6 +19,7 @@ from keras_seqnorm import cli
 from keras_seqnorm import recalibrate_statistics as recalibrate
 from keras_seqnorm.layers import SequentialNormalization
 from keras_seqnorm.models import get_model
+from keras_seqnorm.training import distribution
 from keras_seqnorm.training import trainer
 from keras_seqnorm.training.config import Config
 from keras_seqnorm.training.config import ConfigError
@@ -213,6 +214,7 @@ RESUMABLE = """
 import os, signal, sys
 import keras
 from keras_seqnorm.cli import run_command
+from keras_seqnorm.training import distribution
 from keras_seqnorm.training import trainer
 from keras_seqnorm.training.callbacks import Backup
 
@@ -573,6 +575,7 @@ import os, sys, time
 import keras
 import numpy as np
 from keras_seqnorm.training import callbacks as callbacks_lib
+from keras_seqnorm.training import distribution
 from keras_seqnorm.training import trainer
 from keras_seqnorm.training.config import parse_config
 
@@ -723,7 +726,9 @@ def test_the_readme_train_commands_get_their_own_directories():
     readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
     with open(readme) as file:
         text = file.read()
-    section = text.split("## Training:", 1)[1].split("```\n", 2)[1]
+    # The section's first shell block.
+    section = text.split("## Training:", 1)[1].split("```bash\n", 1)[1]
+    section = section.split("```", 1)[0]
     prefixes = ("keras-seqnorm train ", "python -m keras_seqnorm train ")
     commands = [
         shlex.split(line)[len(prefix.split()):]
@@ -769,7 +774,7 @@ def test_tf_distribute_strategies_are_refused_on_torch(monkeypatch,
     with pytest.raises(
         ConfigError, match=rf"torch backend.*Received: strategy='{strategy}'"
     ):
-        trainer.get_strategy(strategy)
+        distribution.get_strategy(strategy)
 
 
 # Recalibrated statistics (issue 13): `--recalibrate-steps`.
