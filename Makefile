@@ -44,7 +44,10 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(PY) -m ruff check keras_seqnorm tests benchmarks examples .ci
 
-test: lint package test-tf test-jax
+# The TensorFlow run and the JAX run keep about one core busy each (CI has
+# two): they run side by side, each one's output printed as it ends.
+test: lint package
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-tf test-jax
 
 # The sdist and the wheel, built with the venv's setuptools (no download),
 # checked by twine and .ci/check_dist.py (contents; the wheel imports from
