@@ -20,7 +20,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -172,13 +171,10 @@ def test_python_block_runs(block, tmp_path_factory):
         # Keep the user's ~/tensorflow_datasets and Keras config out of it.
         "HOME": str(cwd),
     }
-    start = time.perf_counter()
     process = subprocess.run(
         [sys.executable, "-"], input=block.code, cwd=cwd, env=env,
         capture_output=True, text=True, timeout=900,
     )
-    seconds = time.perf_counter() - start
-    print(f"{block.page}:{block.line} ran in {seconds:.1f} s")
     if process.returncode != 0:
         pytest.fail(
             f"{block.page}:{block.line} exited with {process.returncode}:\n"

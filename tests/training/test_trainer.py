@@ -640,10 +640,9 @@ def _killed(script, argv, env):
         env={**os.environ, "KERAS_BACKEND": "tensorflow",
              "TF_CPP_MIN_LOG_LEVEL": "3", **env},
     )
-    deadline = time.monotonic() + 600
+    # The script holds at the kill point; one that ends first fails here.
     while not os.path.exists(marker):
         assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "never reached the kill point"
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
     process.wait()
