@@ -418,18 +418,6 @@ def _shape(text):
     return shape
 
 
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive integer. Received: {text!r}"
-        )
-    return value
-
-
 def _bench_parser():
     parser = CommandParser(
         prog="keras-seqnorm bench",
@@ -448,14 +436,14 @@ def _bench_parser():
         check=_DTYPES.__contains__,
     ), help="input dtypes; half precision runs under the matching mixed "
         "policy (default: float32,bfloat16)")
-    add("--iters", type=_positive, default=5,
+    add("--iters", type=int, default=5,
         help="calls per timed sample")
-    add("--samples", type=_positive, default=7,
+    add("--samples", type=int, default=7,
         help="interleaved samples; the median is reported")
     add("--model", default="wrn16_4",
         help="model for the train-step timing ('' skips it); use wrn28_10 "
         "with batch 128 on a GPU")
-    add("--model-batch-size", type=_positive, default=32)
+    add("--model-batch-size", type=int, default=32)
     add("--model-precision", default="float32")
     add("--no-group", action="store_true",
         help="skip keras.layers.GroupNormalization")
@@ -473,6 +461,9 @@ def _bench_parser():
 def _bench(namespace):
     from keras_seqnorm import benchmark
 
+    for name in ("iters", "samples", "model_batch_size"):
+        validation.positive_int(name, getattr(namespace, name),
+                                error=ConfigError)
     result = benchmark.run(
         shapes=namespace.shapes or benchmark.DEFAULT_SHAPES,
         dtypes=namespace.dtypes,

@@ -102,7 +102,7 @@ def test_python_dash_m_is_the_one_module_route():
         (["landscape", "--etas", "-1"], "expected positive numbers"),
         (["tune", "--seeds", "0"], "Received: seeds=0"),
         (["reproduce", "--seeds", "0"], "Received: seeds=0"),
-        (["bench", "--iters", "x"], "positive integer. Received: 'x'"),
+        (["bench", "--iters", "x"], "invalid int value: 'x'"),
         (["bench", "--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
