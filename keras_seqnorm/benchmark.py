@@ -22,6 +22,7 @@ Example:
 
 import dataclasses
 import inspect
+import itertools
 import platform
 import re
 import statistics
@@ -254,6 +255,90 @@ def fwd_bwd_step(layer, x, dy, jit_compile=True):
         f"with jit_compile=True. Received: KERAS_BACKEND={backend}, "
         f"jit_compile={jit_compile}"
     )
+
+
+def _channels_first(shape):
+    return (shape[0], shape[-1]) + tuple(shape[1:-1])
+
+
+def kernel_counts(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"),
+                  groups_m=(GROUPS_M, GROUPS_M - 1)):
+    """Kernels of each layer's compiled fwd+bwd, without timing anything.
+
+    For every shape (given channels last) and dtype, channels last and
+    first: BatchNormalization, and GhostNorm and SeqNorm (G_C = 4) with
+    each G_M of `groups_m` (the default, 8 and 7, gives even and uneven
+    ghost batches for batches of 16 to 128). One compile each, no run: on
+    a GPU this counts the GPU's kernels (launches).
+
+    Returns:
+        One row per layer: `kind` `"kernels"`, `shape` (channels last),
+        `dtype`, `layout`, `impl`, `groups_m` (`None` for BatchNorm),
+        `kernels`, `ratio` (to BatchNormalization's kernels in the same
+        shape, dtype and layout) and `passes` (JAX; see `bench_layers`).
+    """
+    rows = []
+    for shape, dtype in itertools.product(shapes, dtypes):
+        policy = "mixed_" + dtype if dtype != "float32" else "float32"
+        for layout, axis in (("channels_last", -1), ("channels_first", 1)):
+            layer_shape = (
+                tuple(shape) if axis == -1 else _channels_first(shape)
+            )
+            rng = np.random.default_rng(0)
+            x = ops.convert_to_tensor(
+                rng.normal(size=layer_shape).astype("float32"), dtype=dtype
+            )
+            layers = [("batch", None, keras.layers.BatchNormalization(
+                axis=axis, dtype=policy))]
+            for g in groups_m:
+                layers += [
+                    ("ghost", g, GhostNormalization(
+                        groups_m=g, axis=axis, dtype=policy)),
+                    ("sequential", g, SequentialNormalization(
+                        groups_c=GROUPS_C, groups_m=g, axis=axis,
+                        dtype=policy)),
+                ]
+            found = []
+            for impl, g, layer in layers:
+                layer.build(layer_shape)
+                info = fwd_bwd_step(layer, x, x)[2]
+                found.append({
+                    "kind": "kernels", "shape": list(shape), "dtype": dtype,
+                    "layout": layout, "impl": impl, "groups_m": g,
+                    "kernels": info["kernels"], "passes": _passes(info, x),
+                })
+            for row in found:
+                row["ratio"] = row["kernels"] / found[0]["kernels"]
+            rows += found
+    return rows
+
+
+def kernel_table(rows):
+    """The `kernel_counts` rows as one markdown table."""
+    keyed = {}
+    for row in rows:
+        key = ("x".join(map(str, row["shape"])), row["dtype"], row["layout"])
+        keyed.setdefault(key, []).append(row)
+    groups = sorted({r["groups_m"] for r in rows if r["groups_m"]},
+                    reverse=True)
+    each = " / ".join(f"G_M={g}" for g in groups)
+    lines = [
+        f"| shape (channels last) | dtype | layout | BatchNorm | GhostNorm "
+        f"({each}) | SeqNorm ({each}) | most / BatchNorm |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (shape, dtype, layout), found in keyed.items():
+        counts = {(r["impl"], r["groups_m"]): r["kernels"] for r in found}
+        cells = [
+            " / ".join(str(counts[(impl, g)]) for g in groups)
+            for impl in ("ghost", "sequential")
+        ]
+        most = max(r["ratio"] for r in found)
+        lines.append(
+            f"| {shape} | {dtype} | {layout} | {counts[('batch', None)]} | "
+            f"{cells[0]} | {cells[1]} | {most:.2f}x |"
+        )
+    return "\n".join(lines)
 
 
 def _time_interleaved(steps, iters, samples):
@@ -608,8 +693,14 @@ class BenchmarkResult:
         return dataclasses.asdict(self)
 
     def markdown(self):
-        """The result as markdown tables (see `markdown_table`)."""
-        return markdown_table(self.rows)
+        """The result as markdown tables (see `markdown_table` and
+        `kernel_table`)."""
+        kernels = [r for r in self.rows if r["kind"] == "kernels"]
+        timed = [r for r in self.rows if r["kind"] != "kernels"]
+        tables = [kernel_table(kernels)] if kernels else []
+        if timed or not kernels:
+            tables.append(markdown_table(timed))
+        return "\n\n".join(tables)
 
     def save(self, path):
         """Writes the JSON to `path` and the markdown tables beside it
@@ -624,7 +715,8 @@ class BenchmarkResult:
 def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=5,
         samples=7, model="wrn16_4", model_batch_size=32,
         model_precision="float32", include_group=True,
-        torch_reference=False, graph_mode=None, out=None):
+        torch_reference=False, graph_mode=None, kernels_only=False,
+        out=None):
     """Times the layers against BatchNormalization on this machine.
 
     Args:
@@ -644,6 +736,9 @@ def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=5,
             compiled (needs torch). Defaults to `False`.
         graph_mode: Also time TensorFlow graph mode (no XLA). Defaults to
             `None`: on TensorFlow.
+        kernels_only: Time nothing: count the kernels of every layer's
+            compiled fwd+bwd, channels last and first, G_M = 8 and 7
+            (`kernel_counts`). Defaults to `False`.
         out: Path of a JSON file to write (a `.md` table beside it), or
             `None` to write nothing. Defaults to `None`.
 
@@ -664,11 +759,14 @@ def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=5,
             "Argument `graph_mode` needs the tensorflow backend. "
             f"Received: graph_mode={graph_mode} on {backend}"
         )
-    rows = bench_layers(shapes, dtypes, iters, samples,
-                        include_group=include_group,
-                        torch_reference=torch_reference,
-                        graph_mode=graph_mode)
-    if model:
+    if kernels_only:
+        rows = kernel_counts(shapes, dtypes)
+    else:
+        rows = bench_layers(shapes, dtypes, iters, samples,
+                            include_group=include_group,
+                            torch_reference=torch_reference,
+                            graph_mode=graph_mode)
+    if model and not kernels_only:
         rows += bench_train_step(
             model,
             model_batch_size,

@@ -453,6 +453,10 @@ def _bench_parser():
         help="also time the paper's PyTorch SeqNorm (F.group_norm, then "
         "Figure A1), eager and under torch.compile, in the same "
         "interleaved loop (needs torch)")
+    add("--kernels-only", action="store_true",
+        help="time nothing: count the kernels of each layer's compiled "
+        "fwd+bwd (BatchNorm; GhostNorm and SeqNorm with G_M = 8 and 7), "
+        "channels last and first")
     add("--out", help="write the results to this JSON path (and a .md "
         "table beside it); by default nothing is written")
     return parser
@@ -475,6 +479,7 @@ def _bench(namespace):
         include_group=not namespace.no_group,
         torch_reference=namespace.torch_reference,
         graph_mode=False if namespace.no_graph_mode else None,
+        kernels_only=namespace.kernels_only,
         out=namespace.out,
     )
     print(result.markdown())

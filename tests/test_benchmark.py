@@ -224,3 +224,37 @@ def test_as_few_kernels_as_batch_normalization(shape, axis, dtype):
     if keras.backend.backend() == "jax":
         for name in layers:
             assert passes[name] <= passes["batch"] + 1e-9, passes
+
+
+@XLA_BACKENDS
+def test_kernels_only_counts_every_layout_and_ghost_split(capsys):
+    # `bench --kernels-only`: BatchNorm, and GhostNorm and SeqNorm with
+    # G_M = 8 and 7, channels last and first, each counted from its own
+    # compiled fwd+bwd; nothing timed.
+    result = benchmark.main([
+        "--shapes", "16x2x2x8", "--dtypes", "float32", "--kernels-only",
+    ])
+    rows = result.rows
+    assert {row["kind"] for row in rows} == {"kernels"}
+    assert {(r["layout"], r["impl"], r["groups_m"]) for r in rows} == {
+        (layout, impl, g)
+        for layout in ("channels_last", "channels_first")
+        for impl, g in (("batch", None), ("ghost", 8), ("ghost", 7),
+                        ("sequential", 8), ("sequential", 7))
+    }
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(0).normal(size=(16, 8, 2, 2)), "float32"
+    )
+    layer = GhostNormalization(groups_m=7, axis=1)
+    layer.build(x.shape)
+    expected = benchmark.fwd_bwd_step(layer, x, x)[2]["kernels"]
+    (row,) = [r for r in rows if r["layout"] == "channels_first"
+              and r["impl"] == "ghost" and r["groups_m"] == 7]
+    assert row["kernels"] == expected
+    assert row["shape"] == [16, 2, 2, 8]
+    batch = [r for r in rows if r["layout"] == "channels_first"
+             and r["impl"] == "batch"][0]["kernels"]
+    assert row["ratio"] == pytest.approx(expected / batch)
+    out = capsys.readouterr().out
+    assert "| 16x2x2x8 | float32 | channels_first |" in out
+    assert "G_M=8 / G_M=7" in out and "BatchNorm ms" not in out
