@@ -268,8 +268,9 @@ def kernel_counts(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"),
     For every shape (given channels last) and dtype, channels last and
     first: BatchNormalization, and GhostNorm and SeqNorm (G_C = 4) with
     each G_M of `groups_m` (the default, 8 and 7, gives even and uneven
-    ghost batches for batches of 16 to 128). One compile each, no run: on
-    a GPU this counts the GPU's kernels (launches).
+    ghost batches for every batch size that 8 divides and 7 does not). One
+    compile each, no run: on a GPU this counts the GPU's kernels
+    (launches).
 
     Returns:
         One row per layer: `kind` `"kernels"`, `shape` (channels last),
