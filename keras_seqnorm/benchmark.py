@@ -34,6 +34,7 @@ import numpy as np
 from keras import ops
 
 from keras_seqnorm import utils
+from keras_seqnorm import validation
 from keras_seqnorm.layers import GhostNormalization
 from keras_seqnorm.layers import SequentialNormalization
 from keras_seqnorm.norms import group_kwargs
@@ -257,6 +258,11 @@ def fwd_bwd_step(layer, x, dy, jit_compile=True):
     )
 
 
+def _check_dtypes(dtypes):
+    for dtype in dtypes:
+        validation.choice("dtypes", dtype, validation.BENCHMARK_DTYPES)
+
+
 def _channels_first(shape):
     return (shape[0], shape[-1]) + tuple(shape[1:-1])
 
@@ -278,6 +284,7 @@ def kernel_counts(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"),
         `kernels`, `ratio` (to BatchNormalization's kernels in the same
         shape, dtype and layout) and `passes` (JAX; see `bench_layers`).
     """
+    _check_dtypes(dtypes)
     rows = []
     for shape, dtype in itertools.product(shapes, dtypes):
         policy = "mixed_" + dtype if dtype != "float32" else "float32"
@@ -746,12 +753,7 @@ def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=5,
     Returns:
         A `BenchmarkResult`.
     """
-    for dtype in dtypes:
-        if dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(
-                "Argument `dtypes` takes float32, float16 and bfloat16. "
-                f"Received: dtypes={list(dtypes)}"
-            )
+    _check_dtypes(dtypes)
     backend = keras.backend.backend()
     if graph_mode is None:
         graph_mode = backend == "tensorflow"

@@ -408,9 +408,6 @@ def _reproduce(namespace):
 # bench
 
 
-_DTYPES = ("float32", "bfloat16", "float16")
-
-
 def _shape(text):
     shape = tuple(int(d) for d in text.split("x"))
     if len(shape) < 2 or min(shape) < 1:
@@ -431,9 +428,10 @@ def _bench_parser():
     ), help="activation shapes, channels last (default: WRN-28-10's, "
         "ResNet-50's and the small ones of docs/performance.md)")
     add("--dtypes", default=("float32", "bfloat16"), type=comma_list(
-        "dtypes", str, f"dtypes from {', '.join(_DTYPES)} separated by "
-        "commas", "float32,bfloat16", distinct=True,
-        check=_DTYPES.__contains__,
+        "dtypes", str,
+        f"dtypes from {', '.join(validation.BENCHMARK_DTYPES)} separated "
+        "by commas", "float32,bfloat16", distinct=True,
+        check=validation.BENCHMARK_DTYPES.__contains__,
     ), help="input dtypes; half precision runs under the matching mixed "
         "policy (default: float32,bfloat16)")
     add("--iters", type=int, default=5,

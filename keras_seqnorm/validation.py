@@ -29,6 +29,11 @@ import numbers
 
 import numpy as np
 
+# Input dtypes `keras-seqnorm bench` and `keras_seqnorm.benchmark` take
+# (half precision runs under the matching mixed policy). Here, not in the
+# benchmark module, so that the command's parser needs no Keras import.
+BENCHMARK_DTYPES = ("float32", "bfloat16", "float16")
+
 
 def format_value(value):
     """How a received value is shown: `repr`, NumPy scalars as Python ones."""

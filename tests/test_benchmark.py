@@ -258,3 +258,11 @@ def test_kernels_only_counts_every_layout_and_ghost_split(capsys):
     out = capsys.readouterr().out
     assert "| 16x2x2x8 | float32 | channels_first |" in out
     assert "G_M=8 / G_M=7" in out and "BatchNorm ms" not in out
+
+
+def test_run_and_kernel_counts_name_a_dtype_they_do_not_take():
+    with pytest.raises(ValueError, match="Received: dtypes='float64'"):
+        benchmark.run(shapes=[(8, 2, 2, 8)], dtypes=["float32", "float64"],
+                      model="")
+    with pytest.raises(ValueError, match="Received: dtypes='int8'"):
+        benchmark.kernel_counts(shapes=[(8, 2, 2, 8)], dtypes=["int8"])
