@@ -157,15 +157,18 @@ def default_root(recipe):
 
 
 def run_configs(recipe, root, norms, seeds):
-    """The `Config` of every run of a comparison: norm by norm, seeds
-    `0..seeds-1`, in `root/NORM/seedS`, silent (`verbose=0`) unless the
-    recipe sets `verbose`."""
+    """The `Config` of every run of a comparison, seeds `0..seeds-1`, in
+    `root/NORM/seedS`, silent (`verbose=0`) unless the recipe sets
+    `verbose`. The norms take turns, seed by seed (every norm's seed 0,
+    then every norm's seed 1, ...), so that a machine that slows down or
+    speeds up during the comparison moves every norm's images per second
+    alike, as the benchmark interleaves its timings."""
     recipe = {"verbose": 0, **recipe}
     return [
         norm_config(recipe, norm, seed=seed,
                     run_dir=os.path.join(root, norm, f"seed{seed}"))
-        for norm in norms
         for seed in range(seeds)
+        for norm in norms
     ]
 
 
@@ -227,6 +230,10 @@ def compare(norms=DEFAULT_NORMS, seeds=3, run_dir=None, title=None,
     root = run_dir or default_root(recipe)
     configs = run_configs(recipe, root, norms, seeds)
     runs, failed = _train_all(configs)
+    # Listed norm by norm, as given, whatever order they trained in.
+    order = {norm: index for index, norm in enumerate(norms)}
+    for entries in (runs, failed):
+        entries.sort(key=lambda entry: (order[entry["norm"]], entry["seed"]))
     summary = summarize(runs)
     figure = None
     os.makedirs(root, exist_ok=True)

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import time
 import traceback
 import typing
@@ -303,10 +304,14 @@ def _summarize(config, data, rows, outcome, replicas, strategy,
     test = outcome.test
     history = {key: [row[key] for row in rows] for key in rows[0]} if (
         rows) else {}
-    # The first epoch includes tracing and compilation.
+    # The first epoch includes tracing and compilation; the median of the
+    # others does not move with a stall of the machine (another process,
+    # a garbage collection) in one of them.
     timed = rows[1:] or rows
-    train_seconds = sum(row["train_seconds"] for row in timed)
-    images = len(timed) * data.steps_per_epoch * config.batch_size
+    epoch_seconds = statistics.median(
+        row["train_seconds"] for row in timed
+    ) if timed else None
+    images = data.steps_per_epoch * config.batch_size
     last = rows[-1] if rows else {}
     results = {
         "status": outcome.status,
@@ -335,7 +340,9 @@ def _summarize(config, data, rows, outcome, replicas, strategy,
         "recalibrated": outcome.recalibrated,
         "train_seconds": sum(row["train_seconds"] for row in rows),
         "wall_seconds": wall_seconds,
-        "images_per_second": images / train_seconds if train_seconds else None,
+        "images_per_second": (
+            images / epoch_seconds if epoch_seconds else None
+        ),
     }
     if outcome.stopped is not None:
         epoch, batch = outcome.stopped
@@ -374,7 +381,8 @@ def train(config, callbacks=()):
         `test_accuracy` and `test_loss` after recalibrating them, and per
         norm layer the summary of `recalibrate_statistics` as a dict),
         `train_seconds`, `wall_seconds` (this invocation),
-        `images_per_second` (training steps, after the first epoch),
+        `images_per_second` (training steps, at the median epoch's speed
+        after the first epoch),
         `run_dir` and `is_chief`.
 
     Raises:

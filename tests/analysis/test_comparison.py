@@ -63,14 +63,14 @@ def test_table_of_means_and_standard_deviations(tmp_path, fake_run, capsys):
     ])
     configs = fake_run.configs
     assert [(c.norm, c.seed) for c in configs] == [
-        (n, s) for n in ("batch", "ghost", "sequential") for s in range(3)
+        (n, s) for s in range(3) for n in ("batch", "ghost", "sequential")
     ]
     assert configs[4].run_dir == os.path.join(root, "ghost", "seed1")
     assert all(c.epochs == 10 and c.dataset == "cifar10" for c in configs)
     assert all(c.verbose == 0 for c in configs)
     # The preset's groups for each norm (Section 3.2.2).
-    assert (configs[3].groups_m, configs[3].groups_c) == (4, None)
-    assert (configs[6].groups_m, configs[6].groups_c) == (8, 16)
+    assert (configs[1].groups_m, configs[1].groups_c) == (4, None)
+    assert (configs[2].groups_m, configs[2].groups_c) == (8, 16)
     for norm, base in (("batch", 0.90), ("ghost", 0.92),
                        ("sequential", 0.94)):
         tests = base + 0.01 * np.arange(3)
@@ -276,11 +276,14 @@ def test_compare_is_a_python_function(tmp_path, fake_run):
 
     result = compare(norms=["batch", "ghost"], seeds=2, run_dir=str(tmp_path),
                      epochs=3, groups_m=2)
+    # The norms take turns, seed by seed; the results list them norm by norm.
     assert [(c.norm, c.seed, c.epochs, c.groups_m, c.verbose)
             for c in fake_run.configs] == [
-        ("batch", 0, 3, None, 0), ("batch", 1, 3, None, 0),
-        ("ghost", 0, 3, 2, 0), ("ghost", 1, 3, 2, 0),
+        ("batch", 0, 3, None, 0), ("ghost", 0, 3, 2, 0),
+        ("batch", 1, 3, None, 0), ("ghost", 1, 3, 2, 0),
     ]
+    assert [(r["norm"], r["seed"]) for r in result["runs"]] == [
+        ("batch", 0), ("batch", 1), ("ghost", 0), ("ghost", 1)]
     assert list(result["summary"]) == ["batch", "ghost"]
     assert result["seeds"] == 2
     with pytest.raises(ConfigError, match="Received: norm='ghost'"):
