@@ -184,14 +184,8 @@ def _shifted_sums(x, channel_axis, groups=None, apart=False):
     full = broadcast_shape(rank, channel_axis, channels)
     shifted = x - ops.reshape(shift, full)
     d = _as_matrix(ops.mean(shifted, axis=axes, keepdims=True), channels)
-    # Each square divided by the slice size before the sum, not the sum
-    # after: XLA on CPUs would make that division the epilogue of its
-    # reduction kernel, with the divisor broadcast to (M, C) by a kernel of
-    # its own.
-    inverse_size = 1.0 / _slice_size(x, axes)
     q = _as_matrix(
-        ops.sum(ops.square(shifted) * inverse_size, axis=axes, keepdims=True),
-        channels,
+        ops.mean(ops.square(shifted), axis=axes, keepdims=True), channels
     )
     if apart:
         d, q = fusion_barrier(d, q, xla=True)
