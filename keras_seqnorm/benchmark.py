@@ -91,15 +91,18 @@ class TwoStageSequentialNormalization(keras.layers.Layer):
         return ops.cast(z, self.compute_dtype)
 
 
-def _layers(fused=None):
+def _layers(fused=None, axis=-1, groups_m=GROUPS_M):
     # BatchNormalization, GhostNorm and SeqNorm (`fused` passed on).
     return {
-        "batch": lambda dtype: keras.layers.BatchNormalization(dtype=dtype),
+        "batch": lambda dtype: keras.layers.BatchNormalization(
+            axis=axis, dtype=dtype
+        ),
         "ghost": lambda dtype: GhostNormalization(
-            groups_m=GROUPS_M, dtype=dtype, fused=fused
+            groups_m=groups_m, axis=axis, dtype=dtype, fused=fused
         ),
         "sequential": lambda dtype: SequentialNormalization(
-            groups_c=GROUPS_C, groups_m=GROUPS_M, dtype=dtype, fused=fused
+            groups_c=GROUPS_C, groups_m=groups_m, axis=axis, dtype=dtype,
+            fused=fused,
         ),
     }
 
@@ -296,18 +299,14 @@ def kernel_counts(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"),
             x = ops.convert_to_tensor(
                 rng.normal(size=layer_shape).astype("float32"), dtype=dtype
             )
-            layers = [("batch", None, keras.layers.BatchNormalization(
-                axis=axis, dtype=policy))]
+            layers = [("batch", None, _layers(axis=axis)["batch"])]
             for g in groups_m:
-                layers += [
-                    ("ghost", g, GhostNormalization(
-                        groups_m=g, axis=axis, dtype=policy)),
-                    ("sequential", g, SequentialNormalization(
-                        groups_c=GROUPS_C, groups_m=g, axis=axis,
-                        dtype=policy)),
-                ]
+                makers = _layers(axis=axis, groups_m=g)
+                layers += [(impl, g, makers[impl])
+                           for impl in ("ghost", "sequential")]
             found = []
-            for impl, g, layer in layers:
+            for impl, g, make in layers:
+                layer = make(policy)
                 layer.build(layer_shape)
                 info = fwd_bwd_step(layer, x, x)[2]
                 found.append({
