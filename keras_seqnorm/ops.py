@@ -139,7 +139,9 @@ def _sums(tensors, axis, outputs=False, differentiable=True):
     # for sums that are `outputs` of the computation, one each (slices of
     # one stacked sum would each be copied out).
     tensors = tuple(tensors)
-    axis = axis % len(tensors[0].shape)
+    rank = len(tensors[0].shape)
+    axis = axis if isinstance(axis, tuple) else (axis,)
+    axis = tuple(a % rank for a in axis)
     if keras.backend.backend() == "jax" and not differentiable:
         from jax import lax
 
@@ -148,11 +150,11 @@ def _sums(tensors, axis, outputs=False, differentiable=True):
             tensors,
             zeros,
             lambda a, b: tuple(u + v for u, v in zip(a, b)),
-            (axis,),
+            axis,
         ))
     if outputs:
         return tuple(ops.sum(t, axis=axis) for t in tensors)
-    sums = ops.sum(ops.stack(tensors), axis=axis + 1)
+    sums = ops.sum(ops.stack(tensors), axis=tuple(a + 1 for a in axis))
     return tuple(sums[i] for i in range(len(tensors)))
 
 
@@ -285,6 +287,35 @@ def sample_channel_moments(x, channel_axis, mask=None):
     )
 
 
+# XLA's CPU compilers split a reduction over an axis longer than 32 into a
+# reduce-window and a reduce (TensorFlow's XLA: two kernels, and the
+# stacked operands materialized before them). Sums of (M, C) tensors over
+# longer axes therefore reduce several axes of at most 32 instead.
+_SHORT_AXIS = 32
+
+
+def _short(n):
+    # `n` as factors of at most 32 where it has them, largest first: (40,)
+    # -> (20, 2), (37,) -> (37,).
+    factors = []
+    while n > _SHORT_AXIS:
+        f = next(
+            (f for f in range(_SHORT_AXIS, 1, -1) if n % f == 0), None
+        )
+        if f is None:
+            break
+        factors.append(f)
+        n //= f
+    return tuple(factors) + (n,)
+
+
+def _splittable(n):
+    # The least m >= n that `_short` splits into axes of at most 32.
+    while max(_short(n)) > _SHORT_AXIS:
+        n += 1
+    return n
+
+
 class _ChannelGroups:
     """`groups` contiguous groups of the channels of `(M, C)` rows."""
 
@@ -295,9 +326,10 @@ class _ChannelGroups:
 
     def sum(self, *tensors, differentiable=True):
         """Sum over each group, `(M, C)` -> `(M, G)`, for each tensor."""
-        split = (-1, self.groups, self.width)
+        split = (-1, self.groups) + _short(self.width)
+        axes = tuple(range(2, len(split)))
         return _sums(
-            (ops.reshape(t, split) for t in tensors), -1,
+            (ops.reshape(t, split) for t in tensors), axes,
             differentiable=differentiable,
         )
 
@@ -324,7 +356,8 @@ class _GhostBatches:
 
     Ghost batches follow `numpy.array_split`: the first `M % G` hold one
     sample more. Sums over ghost batches lay the rows out as `(G, W, C)`,
-    W the largest ghost batch (the shorter ones padded with zeros): a
+    W the largest ghost batch (the shorter ones padded with zeros, and W
+    rounded up to a product of factors of at most 32, see `_short`): a
     reshape when G divides M, else a gather of rows by a `(G, W)` table.
     Every step is a reshape, broadcast or gather, no scatter, so under XLA
     each fuses with its neighbours. The batch size may be a Python int or,
@@ -342,6 +375,9 @@ class _GhostBatches:
         static = isinstance(batch_size, int)
         xp = np if static else ops
         self.width = self.size + xp.minimum(self.extra, 1)
+        if static:
+            # Padded (masked) up to a width of short axes.
+            self.width = _splittable(int(self.width))
         index = xp.arange(groups)
         sizes = xp.where(index < self.extra, self.size + 1, self.size)
         self.starts = xp.where(
@@ -374,8 +410,13 @@ class _GhostBatches:
 
     def sum(self, *tensors, differentiable=True):
         """Sum over each ghost batch, `(M, C)` -> `(G, C)`, for each."""
+        rows = [self._split(t) for t in tensors]
+        width = self.size if self.even else self.width
+        if isinstance(width, int):
+            split = (self.groups,) + _short(width) + (-1,)
+            rows = [ops.reshape(t, split) for t in rows]
         return _sums(
-            (self._split(t) for t in tensors), 1,
+            rows, tuple(range(1, len(rows[0].shape) - 1)),
             differentiable=differentiable,
         )
 
