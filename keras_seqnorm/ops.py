@@ -130,6 +130,46 @@ def _variance(square_mean, mean):
     )
 
 
+# XLA's CPU compilers split a reduction over an axis longer than 32 into a
+# reduce-window and a reduce (TensorFlow's XLA: two kernels, and the
+# stacked operands materialized before them). `_sums` therefore reduces a
+# longer axis as several axes of at most 32.
+_SHORT_AXIS = 32
+
+
+def _short(n):
+    # `n` as factors of at most 32 where it has them, largest first: (40,)
+    # -> (20, 2), (37,) -> (37,).
+    factors = []
+    while n > _SHORT_AXIS:
+        f = next(
+            (f for f in range(_SHORT_AXIS, 1, -1) if n % f == 0), None
+        )
+        if f is None:
+            break
+        factors.append(f)
+        n //= f
+    return tuple(factors) + (n,)
+
+
+def _splittable(n):
+    # The least m >= n that `_short` splits into axes of at most 32.
+    while max(_short(n)) > _SHORT_AXIS:
+        n += 1
+    return n
+
+
+def _short_layout(shape, axis):
+    # (shape, axes) that split `axis` of `shape` into axes of at most 32,
+    # or None where it is short, has no such factors or is not static.
+    parts = (None,) if shape[axis] is None else _short(shape[axis])
+    if len(parts) == 1 or shape.count(None) > 1:
+        return None
+    split = tuple(-1 if d is None else d for d in shape)
+    split = split[:axis] + parts + split[axis + 1:]
+    return split, tuple(range(axis, axis + len(parts)))
+
+
 def _sums(tensors, axis, outputs=False, differentiable=True):
     # The sums of same-shaped tensors over `axis`, as one reduction. On JAX
     # a variadic reduce, which XLA fuses with the tensors' producers (a
@@ -137,11 +177,15 @@ def _sums(tensors, axis, outputs=False, differentiable=True):
     # where no gradient is needed (inside custom gradients): JAX does not
     # differentiate it. Elsewhere one reduction of the stacked tensors, or,
     # for sums that are `outputs` of the computation, one each (slices of
-    # one stacked sum would each be copied out).
+    # one stacked sum would each be copied out). An axis longer than 32 is
+    # reduced as several shorter ones (`_short_layout`).
     tensors = tuple(tensors)
-    rank = len(tensors[0].shape)
-    axis = axis if isinstance(axis, tuple) else (axis,)
-    axis = tuple(a % rank for a in axis)
+    shape = tuple(tensors[0].shape)
+    axis = (axis % len(shape),)
+    split = _short_layout(shape, axis[0])
+    if split is not None:
+        tensors = tuple(ops.reshape(t, split[0]) for t in tensors)
+        axis = split[1]
     if keras.backend.backend() == "jax" and not differentiable:
         from jax import lax
 
@@ -287,33 +331,6 @@ def sample_channel_moments(x, channel_axis, mask=None):
     )
 
 
-# XLA's CPU compilers split a reduction over an axis longer than 32 into a
-# reduce-window and a reduce (TensorFlow's XLA: two kernels, and the
-# stacked operands materialized before them). Sums of (M, C) tensors over
-# longer axes therefore reduce several axes of at most 32 instead.
-_SHORT_AXIS = 32
-
-
-def _short(n):
-    # `n` as factors of at most 32 where it has them, largest first: (40,)
-    # -> (20, 2), (37,) -> (37,).
-    factors = []
-    while n > _SHORT_AXIS:
-        f = next(
-            (f for f in range(_SHORT_AXIS, 1, -1) if n % f == 0), None
-        )
-        if f is None:
-            break
-        factors.append(f)
-        n //= f
-    return tuple(factors) + (n,)
-
-
-def _splittable(n):
-    # The least m >= n that `_short` splits into axes of at most 32.
-    while max(_short(n)) > _SHORT_AXIS:
-        n += 1
-    return n
 
 
 class _ChannelGroups:
@@ -326,10 +343,9 @@ class _ChannelGroups:
 
     def sum(self, *tensors, differentiable=True):
         """Sum over each group, `(M, C)` -> `(M, G)`, for each tensor."""
-        split = (-1, self.groups) + _short(self.width)
-        axes = tuple(range(2, len(split)))
+        split = (-1, self.groups, self.width)
         return _sums(
-            (ops.reshape(t, split) for t in tensors), axes,
+            (ops.reshape(t, split) for t in tensors), -1,
             differentiable=differentiable,
         )
 
@@ -410,13 +426,8 @@ class _GhostBatches:
 
     def sum(self, *tensors, differentiable=True):
         """Sum over each ghost batch, `(M, C)` -> `(G, C)`, for each."""
-        rows = [self._split(t) for t in tensors]
-        width = self.size if self.even else self.width
-        if isinstance(width, int):
-            split = (self.groups,) + _short(width) + (-1,)
-            rows = [ops.reshape(t, split) for t in rows]
         return _sums(
-            rows, tuple(range(1, len(rows[0].shape) - 1)),
+            (self._split(t) for t in tensors), 1,
             differentiable=differentiable,
         )
 

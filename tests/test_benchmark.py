@@ -240,18 +240,17 @@ def test_as_few_kernels_as_batch_normalization(shape, axis, dtype):
     "shape, groups_c", [((64, 2, 2, 160), 4), ((512, 2, 2, 16), None)]
 )
 def test_long_groups_within_the_kernel_bound(shape, groups_c):
-    x = keras.ops.ones(shape)
-    layers = [keras.layers.BatchNormalization()]
-    for groups_m in (8, 7):
-        layers.append(
-            GhostNormalization(groups_m=groups_m) if groups_c is None
-            else SequentialNormalization(groups_c=groups_c, groups_m=groups_m)
-        )
-    kernels = []
-    for layer in layers:
-        layer.build(shape)
-        kernels.append(benchmark.fwd_bwd_step(layer, x, x)[2]["kernels"])
-    assert max(kernels[1:]) <= 1.5 * kernels[0], kernels
+    rows = benchmark.kernel_counts(shapes=[shape], dtypes=("float32",))
+    impl = "ghost" if groups_c is None else "sequential"
+    for layout in ("channels_last", "channels_first"):
+        batch = [r for r in rows if r["layout"] == layout][0]
+        assert batch["impl"] == "batch"
+        found = [
+            r["kernels"] for r in rows
+            if r["layout"] == layout and r["impl"] == impl
+        ]
+        assert len(found) == 2  # G_M = 8 and 7
+        assert max(found) <= 1.5 * batch["kernels"], (layout, rows)
 
 
 @XLA_BACKENDS

@@ -1,7 +1,7 @@
 """Channel groups and ghost batches longer than 32.
 
 The fused layers sum such groups over several axes of at most 32 values
-(`keras_seqnorm.ops._short`; a longer axis costs XLA on CPUs two kernels),
+(`keras_seqnorm.ops._sums`; a longer axis costs XLA on CPUs two kernels),
 and pad the gather table of uneven ghost batches to such a width. Outputs,
 moving statistics and gradients for x, gamma and beta against the paper's
 definition written with plain Keras ops and differentiated by the backend.
@@ -66,13 +66,12 @@ def test_long_sums_match_plain_keras(shape, groups_c, groups_m):
     beta = rng.normal(size=channels).astype("float32")
 
     def fused(x, gamma, beta):
-        result = norm_ops.sequential_normalization(
+        return norm_ops.sequential_normalization(
             x, gamma, beta, channel_axis=len(shape) - 1, groups_c=groups_c,
             groups_m=groups_m, epsilon=EPSILON,
             moving_mean=ops.zeros((channels,)),
             moving_variance=ops.ones((channels,)), momentum=0.0,
         )
-        return result
 
     result = fused(x, gamma, beta)
     want = _plain(ops.convert_to_tensor(x), gamma, beta, groups_c, groups_m)
