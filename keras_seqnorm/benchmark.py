@@ -23,6 +23,7 @@ Example:
 import dataclasses
 import inspect
 import itertools
+import os
 import platform
 import re
 import statistics
@@ -259,6 +260,19 @@ def fwd_bwd_step(layer, x, dy, jit_compile=True):
         f"with jit_compile=True. Received: KERAS_BACKEND={backend}, "
         f"jit_compile={jit_compile}"
     )
+
+
+def _check_out(name, path):
+    """`path` as a string; a ValueError naming argument `name` if it ends
+    in .md, the extension of the table written beside the JSON."""
+    path = os.fspath(path)
+    if os.path.splitext(path)[1].lower() == ".md":
+        raise ValueError(
+            f"Argument `{name}` names the JSON file, and the markdown tables "
+            "are written beside it with the extension .md; it cannot end in "
+            f".md itself. Received: {name}={path}"
+        )
+    return path
 
 
 def _check_dtypes(dtypes):
@@ -711,9 +725,14 @@ class BenchmarkResult:
 
     def save(self, path):
         """Writes the JSON to `path` and the markdown tables beside it
-        (`.md` instead of the extension)."""
+        (`.md` instead of the extension), making `path`'s folder if it
+        does not exist."""
+        path = _check_out("path", path)
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
         utils.write_json(path, self.to_dict())
-        with open(path.rsplit(".", 1)[0] + ".md", "w") as f:
+        with open(os.path.splitext(path)[0] + ".md", "w") as f:
             f.write(f"Device: {self.device}, backend {self.backend}, "
                     f"{self.versions}\n\n")
             f.write(self.markdown() + "\n")
@@ -753,6 +772,8 @@ def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=5,
         A `BenchmarkResult`.
     """
     _check_dtypes(dtypes)
+    if out:
+        _check_out("out", out)
     backend = keras.backend.backend()
     if graph_mode is None:
         graph_mode = backend == "tensorflow"

@@ -46,7 +46,10 @@ def write_json(path, value, indent=2):
             file.flush()
             os.fsync(file.fileno())
     except BaseException:
-        os.remove(temporary)
+        # Gone already if `open` itself failed (e.g. no such folder): the
+        # error to see is that one.
+        if os.path.exists(temporary):
+            os.remove(temporary)
         raise
     os.replace(temporary, path)
 

@@ -1,4 +1,5 @@
 import json
+import os
 import pathlib
 import runpy
 import sys
@@ -62,6 +63,37 @@ def test_harness_writes_ratios_to_batch_normalization(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "| 16x4x4x16 | float32 |" in table
     assert table.strip().endswith(result.markdown().strip())
+
+
+def _result(rows=()):
+    return benchmark.BenchmarkResult(
+        device="cpu:test", backend=keras.backend.backend(), versions={},
+        peak_memory_bytes=None, groups_c=4, groups_m=8, iters=1, samples=1,
+        rows=list(rows),
+    )
+
+
+def test_save_makes_the_folder_and_writes_the_table_beside(tmp_path,
+                                                           monkeypatch):
+    result = _result()
+    result.save(str(tmp_path / "new" / "deeper" / "gpu.json"))
+    assert sorted(os.listdir(tmp_path / "new" / "deeper")) == [
+        "gpu.json", "gpu.md"
+    ]
+    saved = json.loads((tmp_path / "new" / "deeper" / "gpu.json").read_text())
+    assert saved == result.to_dict()
+    # A dot in the folder, none in the name: the table is `name.md` beside
+    # it, not a file named after the folder.
+    monkeypatch.chdir(tmp_path)
+    result.save(os.path.join(".", "results"))
+    assert {"results", "results.md"} <= set(os.listdir(tmp_path))
+    with pytest.raises(ValueError, match=r"path=.*table\.md"):
+        result.save(str(tmp_path / "table.md"))
+    assert not (tmp_path / "table.md").exists()
+    # The command refuses it before it times anything.
+    with pytest.raises(ValueError, match=r"`out`.*out=.*table\.md"):
+        benchmark.run(shapes=[(8, 2, 2, 8)], out=str(tmp_path / "table.md"),
+                      model="", iters=1, samples=1)
 
 
 @XLA_BACKENDS

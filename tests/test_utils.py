@@ -110,3 +110,14 @@ def test_lazy_registry_lists_names_without_importing():
         registry["missing"]
     with pytest.raises(KeyError):
         registry["nope"]
+
+
+def test_write_json_into_a_missing_folder_raises_the_open_error(tmp_path):
+    # The error is open's own, not a second one from removing a temporary
+    # file that was never made.
+    path = str(tmp_path / "no-such-folder" / "results.json")
+    with pytest.raises(FileNotFoundError) as info:
+        utils.write_json(path, {"a": 1})
+    assert info.value.filename == path + ".saving"
+    assert info.value.__context__ is None
+    assert os.listdir(tmp_path) == []
