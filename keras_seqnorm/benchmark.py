@@ -23,6 +23,7 @@ Example:
 import dataclasses
 import inspect
 import itertools
+import math
 import os
 import platform
 import re
@@ -362,11 +363,45 @@ def kernel_table(rows):
     return "\n".join(lines)
 
 
-def _time_interleaved(steps, iters, samples):
-    """Median seconds per call of each `(run, sync)`; samples interleaved."""
+# With `iters=None`, each timed sample makes enough calls to last at least
+# this long (and at least a minimum number of calls): a GPU call of 0.1 ms
+# or a small CPU call of 0.3 ms is then timed over many calls, not five.
+SAMPLE_SECONDS = 0.02
+_MOST_CALLS = 10000
+
+
+def calls_per_sample(seconds_per_call, minimum=5, target=SAMPLE_SECONDS):
+    """Calls that make one timed sample last at least `target` seconds.
+
+    Args:
+        seconds_per_call: The time of one call (of the fastest
+            implementation timed together).
+        minimum: The fewest calls a sample makes.
+        target: The seconds a sample should last at least.
+
+    Returns:
+        An int from `minimum` to 10000.
+    """
+    if seconds_per_call <= 0:
+        return _MOST_CALLS
+    calls = math.ceil(target / seconds_per_call)
+    return max(minimum, min(_MOST_CALLS, calls))
+
+
+def _time_interleaved(steps, iters, samples, minimum=5):
+    """Median seconds per call of each `(run, sync)`, samples interleaved,
+    and the calls per sample: `iters`, or with `iters=None` enough for
+    the fastest step to last `SAMPLE_SECONDS` a sample (`minimum` at
+    least). Returns `(medians, iters)`."""
+    fastest = None
     for run, sync in steps.values():  # compile and warm up
         sync(run())
+        start = time.perf_counter()
         sync(run())
+        seconds = time.perf_counter() - start
+        fastest = seconds if fastest is None else min(fastest, seconds)
+    if iters is None:
+        iters = calls_per_sample(fastest, minimum)
     times = {name: [] for name in steps}
     for _ in range(samples):
         for name, (run, sync) in steps.items():
@@ -375,7 +410,8 @@ def _time_interleaved(steps, iters, samples):
                 result = run()
             sync(result)
             times[name].append((time.perf_counter() - start) / iters)
-    return {name: statistics.median(t) for name, t in times.items()}
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return medians, iters
 
 
 def _peak_memory():
@@ -487,7 +523,7 @@ def bench_layers(shapes, dtypes, iters, samples, include_group=True,
                         layer, x, dy, jit_compile=False
                     )
                     steps[("graph", name)] = (run, sync)
-            medians = _time_interleaved(steps, iters, samples)
+            medians, calls = _time_interleaved(steps, iters, samples)
             for (mode, name), seconds in medians.items():
                 details = info.get((mode, name), {})
                 rows.append({
@@ -498,6 +534,7 @@ def bench_layers(shapes, dtypes, iters, samples, include_group=True,
                     "impl": name,
                     "ms": seconds * 1e3,
                     "ratio": seconds / medians[(mode, "batch")],
+                    "iters": calls,
                     # Kernels of one compiled fwd+bwd call.
                     "kernels": details.get("kernels"),
                     # XLA's scratch memory for fwd+bwd (JAX only): what
@@ -566,7 +603,8 @@ def bench_train_step(model_name, batch_size, norms, iters, samples,
                 return model.train_on_batch(x, y)
 
             steps[norm] = (run, lambda result: result)
-        medians = _time_interleaved(steps, iters, samples)
+        medians, calls = _time_interleaved(steps, iters, samples,
+                                           minimum=2)
     finally:
         keras.config.set_dtype_policy("float32")
     base = medians[norms[0]]
@@ -587,6 +625,7 @@ def bench_train_step(model_name, batch_size, norms, iters, samples,
             "impl": norm,
             "ms": seconds * 1e3,
             "ratio": seconds / base,
+            "iters": calls,
         }
         for norm, seconds in medians.items()
     ]
@@ -691,12 +730,15 @@ class BenchmarkResult:
         peak_memory_bytes: Peak device memory where the backend reports it
             (GPU), else `None`.
         groups_c, groups_m: G_C and G_M of the layers timed.
-        iters, samples: Calls per timed sample, and interleaved samples.
+        iters: Calls per timed sample as asked, `None` for enough to last
+            `SAMPLE_SECONDS` (each row's `iters` holds the calls made).
+        samples: Interleaved samples.
         rows: One dict per measurement: `kind` (`"layer"` or
             `"train_step"`), `impl`, `ms` (median), `ratio` (to
-            BatchNormalization); layer rows also `mode` (`"xla"` or
-            `"graph"`), `shape`, `dtype`, `kernels`, `passes`,
-            `temp_bytes`; train-step rows `model`, `batch_size`, `dtype`.
+            BatchNormalization), `iters` (calls per sample); layer rows
+            also `mode` (`"xla"` or `"graph"`), `shape`, `dtype`,
+            `kernels`, `passes`, `temp_bytes`; train-step rows `model`,
+            `batch_size`, `dtype`.
     """
 
     device: str
@@ -705,7 +747,7 @@ class BenchmarkResult:
     peak_memory_bytes: object
     groups_c: int
     groups_m: int
-    iters: int
+    iters: object
     samples: int
     rows: list
 
@@ -738,7 +780,7 @@ class BenchmarkResult:
             f.write(self.markdown() + "\n")
 
 
-def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=5,
+def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=None,
         samples=7, model="wrn16_4", model_batch_size=32,
         model_precision="float32", include_group=True,
         torch_reference=False, graph_mode=None, kernels_only=False,
@@ -749,7 +791,10 @@ def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=5,
         shapes: Input shapes, channels last. Defaults to `DEFAULT_SHAPES`.
         dtypes: Input dtypes; half precision runs under the matching mixed
             policy. Defaults to `("float32", "bfloat16")`.
-        iters: Calls per timed sample. Defaults to `5`.
+        iters: Calls per timed sample. Defaults to `None`: enough for
+            the fastest implementation of each shape to take
+            `SAMPLE_SECONDS` (20 ms) a sample, at least 5 (2 for the
+            train step).
         samples: Interleaved samples; the median is reported. Defaults to
             `7`.
         model: Model for the train-step timing (`""` skips it). Defaults to
@@ -772,6 +817,8 @@ def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=5,
         A `BenchmarkResult`.
     """
     _check_dtypes(dtypes)
+    iters = validation.positive_int("iters", iters, allow_none=True)
+    samples = validation.positive_int("samples", samples)
     if out:
         _check_out("out", out)
     backend = keras.backend.backend()
@@ -794,7 +841,7 @@ def run(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"), iters=5,
             model,
             model_batch_size,
             ["batch", "ghost", "sequential"],
-            iters=max(1, iters // 2),
+            iters=None if iters is None else max(1, iters // 2),
             samples=samples,
             precision=model_precision,
         )

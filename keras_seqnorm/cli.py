@@ -434,8 +434,9 @@ def _bench_parser():
         check=validation.BENCHMARK_DTYPES.__contains__,
     ), help="input dtypes; half precision runs under the matching mixed "
         "policy (default: float32,bfloat16)")
-    add("--iters", type=int, default=5,
-        help="calls per timed sample")
+    add("--iters", type=int, default=None,
+        help="calls per timed sample (default: enough for a sample to "
+        "last 20 ms, at least 5)")
     add("--samples", type=int, default=7,
         help="interleaved samples; the median is reported")
     add("--model", default="wrn16_4",
@@ -465,6 +466,7 @@ def _bench(namespace):
 
     for name in ("iters", "samples", "model_batch_size"):
         validation.positive_int(name, getattr(namespace, name),
+                                allow_none=name == "iters",
                                 error=ConfigError)
     result = benchmark.run(
         shapes=namespace.shapes or benchmark.DEFAULT_SHAPES,

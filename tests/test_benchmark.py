@@ -119,6 +119,40 @@ def test_both_entry_points_write_nothing_without_out(tmp_path, monkeypatch,
     assert {p.name: p.stat().st_mtime_ns for p in results.iterdir()} == before
 
 
+def test_calls_per_sample_last_the_target():
+    # 0.3 ms calls: 67 make 20 ms; slow calls keep the minimum; instant
+    # ones stop at 10000.
+    assert benchmark.calls_per_sample(0.0003) == 67
+    assert 67 * 0.0003 >= benchmark.SAMPLE_SECONDS > 66 * 0.0003
+    assert benchmark.calls_per_sample(0.001) == 20
+    assert benchmark.calls_per_sample(0.1) == 5
+    assert benchmark.calls_per_sample(0.1, minimum=2) == 2
+    assert benchmark.calls_per_sample(1e-7) == 10000
+    assert benchmark.calls_per_sample(0.0) == 10000
+    assert benchmark.calls_per_sample(0.01, target=0.5) == 50
+
+
+@XLA_BACKENDS
+def test_default_iters_are_chosen_per_shape_and_recorded():
+    result = benchmark.run(shapes=[(8, 2, 2, 8)], dtypes=["float32"],
+                           samples=1, model="", include_group=False,
+                           graph_mode=False)
+    assert result.iters is None
+    calls = {row["iters"] for row in result.rows}
+    # One count for the whole interleaved loop of a shape, at least 5.
+    assert len(calls) == 1
+    (calls,) = calls
+    assert isinstance(calls, int) and 5 <= calls <= 10000
+    fixed = benchmark.run(shapes=[(8, 2, 2, 8)], dtypes=["float32"],
+                          iters=3, samples=1, model="", include_group=False,
+                          graph_mode=False)
+    assert fixed.iters == 3
+    assert {row["iters"] for row in fixed.rows} == {3}
+    for name, value in (("iters", 0), ("samples", 0), ("iters", 2.5)):
+        with pytest.raises(ValueError, match=f"Received: {name}={value}"):
+            benchmark.run(shapes=[(8, 2, 2, 8)], model="", **{name: value})
+
+
 @pytest.mark.parametrize("flags, expected", [
     (["--shapes", "16x4xa"], "Received: shapes='16x4xa'"),
     (["--shapes", "16x0x4x4"], "Received: shapes='16x0x4x4'"),
