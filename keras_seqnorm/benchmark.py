@@ -393,13 +393,12 @@ def _time_interleaved(steps, iters, samples, minimum=5):
     and the calls per sample: `iters`, or with `iters=None` enough for
     the fastest step to last `SAMPLE_SECONDS` a sample (`minimum` at
     least). Returns `(medians, iters)`."""
-    fastest = None
+    fastest = math.inf
     for run, sync in steps.values():  # compile and warm up
         sync(run())
         start = time.perf_counter()
         sync(run())
-        seconds = time.perf_counter() - start
-        fastest = seconds if fastest is None else min(fastest, seconds)
+        fastest = min(fastest, time.perf_counter() - start)
     if iters is None:
         iters = calls_per_sample(fastest, minimum)
     times = {name: [] for name in steps}

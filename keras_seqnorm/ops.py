@@ -331,8 +331,6 @@ def sample_channel_moments(x, channel_axis, mask=None):
     )
 
 
-
-
 class _ChannelGroups:
     """`groups` contiguous groups of the channels of `(M, C)` rows."""
 
