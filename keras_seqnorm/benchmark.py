@@ -389,10 +389,14 @@ def calls_per_sample(seconds_per_call, minimum=5, target=SAMPLE_SECONDS):
 
 
 def _time_interleaved(steps, iters, samples, minimum=5):
-    """Median seconds per call of each `(run, sync)`, samples interleaved,
-    and the calls per sample: `iters`, or with `iters=None` enough for
-    the fastest step to last `SAMPLE_SECONDS` a sample (`minimum` at
-    least). Returns `(medians, iters)`."""
+    """Times each `(run, sync)` of `steps`, samples interleaved.
+
+    Returns:
+        `(medians, iters)`: the median seconds per call of each step, and
+        the calls per sample, `iters` or, with `iters=None`, enough for
+        the fastest step to last `SAMPLE_SECONDS` a sample (at least
+        `minimum`).
+    """
     fastest = math.inf
     for run, sync in steps.values():  # compile and warm up
         sync(run())
