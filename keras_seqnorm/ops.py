@@ -1027,20 +1027,18 @@ class _FusedNormalization:
             self.xla and self.groups is None
             and keras.backend.backend() == "tensorflow"
         )
-        # On CPUs JAX's XLA hands each plain sum to YNNPACK, which also
-        # takes the `(M, C)` arithmetic right after it, its broadcasts
-        # materialized as kernels of their own, and XLA recomputes the
-        # backward's `(G_M, C)` ghost-batch terms at every `(M, C)` element
-        # of the kernels that read them. There those terms pass a fusion
-        # barrier, and SeqNorm keeps the sums of (x - s)^2, whose first
-        # reader is then the GroupNorm stage's sum (SeqNorm 32x4x4x512:
-        # 21 kernels either way, fwd+bwd about 1.65x -> 1.35x
-        # BatchNormalization). GPUs compile the program as it was.
-        self.ghost_terms_apart = _jax_on_cpu()
-        self.square_sums = (
-            self.ghost_terms_apart and self.groups is not None
-            and bool(self.axes)
-        )
+        # SeqNorm on CPUs under JAX, whose XLA hands each plain sum to
+        # YNNPACK: YNNPACK also takes the `(M, C)` arithmetic right after a
+        # sum, its broadcasts materialized as kernels of their own, and
+        # XLA recomputes the backward's `(G_M, C)` ghost-batch terms at
+        # every `(M, C)` element of the GroupNorm stage's kernels that read
+        # them. There those terms pass a fusion barrier, and the sums of
+        # (x - s)^2 stay sums, read first by the GroupNorm stage's sum
+        # (32x4x4x512: 21 kernels either way, fwd+bwd about 1.65x -> 1.35x
+        # BatchNormalization; uneven ghost batches 22 -> 21). GhostNorm,
+        # and SeqNorm on GPUs and TensorFlow, compile as they did.
+        self.ghost_terms_apart = self.groups is not None and _jax_on_cpu()
+        self.square_sums = self.ghost_terms_apart and bool(self.axes)
 
     def _broadcast(self, t):
         return ops.reshape(t, self.full)
