@@ -125,3 +125,55 @@ def test_short_axes():
         m = norm_ops._splittable(n)
         assert m >= n and max(norm_ops._short(m)) <= 32
         assert all(max(norm_ops._short(k)) > 32 for k in range(n, m))
+
+
+@pytest.mark.parametrize("groups_m", [4, 5])
+@pytest.mark.parametrize("channel_axis", [3, 1])
+def test_ghost_norm_with_long_slices_matches_plain_keras(
+    groups_m, channel_axis
+):
+    # Slices of 64 values or more, where on JAX CPUs GhostNorm computes its
+    # (M, C) terms inside the loops over the input (no fusion barrier):
+    # even (G_M = 4) and uneven (5) ghost batches of 12 samples, channels
+    # last and first.
+    shape = (12, 8, 8, 6) if channel_axis == 3 else (12, 6, 8, 8)
+    rng = np.random.default_rng(5)
+    x = rng.normal(2.0, 1.5, size=shape).astype("float32")
+    w = rng.normal(size=shape).astype("float32")
+    gamma = rng.uniform(0.5, 1.5, size=6).astype("float32")
+    beta = rng.normal(size=6).astype("float32")
+    full = [1, 1, 1, 1]
+    full[channel_axis] = 6
+
+    def fused(x, gamma, beta):
+        return norm_ops.sequential_normalization(
+            x, gamma, beta, channel_axis=channel_axis, groups_m=groups_m,
+            epsilon=EPSILON, moving_mean=ops.zeros((6,)),
+            moving_variance=ops.ones((6,)), momentum=0.0,
+        ).outputs
+
+    def plain(x, gamma, beta):
+        axes = tuple(a for a in range(4) if a != channel_axis)
+        parts = []
+        for rows in np.array_split(np.arange(12), groups_m):
+            batch = x[int(rows[0]):int(rows[-1]) + 1]
+            mean, variance = ops.moments(batch, axes=axes, keepdims=True)
+            parts.append((batch - mean) / ops.sqrt(variance + EPSILON))
+        return (
+            ops.concatenate(parts, axis=0) * ops.reshape(gamma, full)
+            + ops.reshape(beta, full)
+        )
+
+    np.testing.assert_allclose(
+        to_numpy(fused(x, gamma, beta)),
+        to_numpy(plain(ops.convert_to_tensor(x), gamma, beta)),
+        rtol=1e-4, atol=1e-4,
+    )
+    got_grads = gradients(
+        lambda *a: ops.sum(fused(*a) * w), x, gamma, beta
+    )
+    want_grads = gradients(
+        lambda *a: ops.sum(plain(*a) * w), x, gamma, beta
+    )
+    for got, want in zip(got_grads, want_grads):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
