@@ -23,7 +23,9 @@ the whole layer: the backward pass is one reduction over the upstream
 gradient and one elementwise pass, with every `(M, C)` term of each
 direction computed by a handful of stacked reductions. Under XLA those
 terms are computed apart from the passes over the input (`fusion_barrier`)
-instead of being redone at every position.
+instead of being redone at every position (except GhostNorm on JAX CPUs
+with slices of 64 values or more, where redoing them is as fast:
+`_FusedNormalization`).
 """
 
 import collections
@@ -1035,8 +1037,8 @@ class _FusedNormalization:
         # them. There those terms pass a fusion barrier, and the sums of
         # (x - s)^2 stay sums, read first by the GroupNorm stage's sum
         # (32x4x4x512: 21 kernels either way, fwd+bwd about 1.65x -> 1.35x
-        # BatchNormalization; uneven ghost batches 22 -> 21). GhostNorm,
-        # and SeqNorm on GPUs and TensorFlow, compile as they did.
+        # BatchNormalization; uneven ghost batches 22 -> 21). On GPUs and
+        # TensorFlow SeqNorm compiles as it did.
         self.ghost_terms_apart = self.groups is not None and _jax_on_cpu()
         self.square_sums = self.ghost_terms_apart and bool(self.axes)
         # GhostNorm on JAX CPUs with slices of 64 values or more: XLA
