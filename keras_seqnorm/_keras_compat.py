@@ -12,10 +12,16 @@ TensorFlow names (imported lazily: this module loads on every backend):
   whether the graph being built will be compiled by XLA (a `tf.function`
   with `jit_compile=True`, or a function called from one). TensorFlow has
   no public way to ask.
+- `tensorflow.compiler.tf2xla.python.xla.variadic_reduce`: XLA's variadic
+  reduce (`XlaVariadicReduceV2`), several sums over the same axes in one
+  reduction. TensorFlow's public reductions take one tensor each.
 """
+
+import functools
 
 PRIVATE_NAMES = (
     "tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext",
+    "tensorflow.compiler.tf2xla.python.xla.variadic_reduce",
 )
 
 
@@ -32,3 +38,36 @@ def in_xla_context():
         return False
     graph = tf.compat.v1.get_default_graph()
     return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
+
+
+@functools.lru_cache(maxsize=None)
+def _sum_reducer(count, dtype):
+    # The reducer of `count` running sums: (a_1..a_n, b_1..b_n) -> a + b.
+    import tensorflow as tf
+
+    def add(*args):
+        return tuple(a + b for a, b in zip(args[:count], args[count:]))
+
+    scalar = tf.TensorSpec((), dtype)
+    return tf.function(add).get_concrete_function(*[scalar] * (2 * count))
+
+
+def xla_sums(tensors, axes):
+    """The sums of same-shaped tensors over `axes`, as one XLA reduction.
+
+    Only inside a graph that XLA compiles (`in_xla_context()`), and
+    without a gradient: TensorFlow has none for the op. Unlike one
+    reduction per tensor, XLA computes them in one loop over the inputs
+    (fused with the tensors' producers), and its CPU compiler does not
+    split it into a reduce-window and a reduce.
+    """
+    import tensorflow as tf
+    from tensorflow.compiler.tf2xla.python import xla
+
+    tensors = list(tensors)
+    dtype = tensors[0].dtype
+    zeros = [tf.zeros((), dtype)] * len(tensors)
+    return tuple(xla.variadic_reduce(
+        tensors, zeros, dimensions_to_reduce=list(axes),
+        reducer=_sum_reducer(len(tensors), dtype),
+    ))

@@ -181,23 +181,28 @@ def _short_layout(shape, axis):
     return split, tuple(range(axis, axis + len(parts)))
 
 
-def _sums(tensors, axis, outputs=False, differentiable=True):
-    # The sums of same-shaped tensors over `axis`, as one reduction. On JAX
-    # a variadic reduce, which XLA fuses with the tensors' producers (a
+def _sums(tensors, axis, outputs=False, differentiable=True, xla=False):
+    # The sums of same-shaped tensors over `axis`, as one reduction. On JAX,
+    # and on TensorFlow where XLA compiles the computation (`xla`, which
+    # the caller knows: TensorFlow traces a backward function apart), a
+    # variadic reduce, which XLA fuses with the tensors' producers (a
     # reduction of a stacked tensor would be materialized first on CPUs),
-    # where no gradient is needed (inside custom gradients): JAX does not
-    # differentiate it. Elsewhere one reduction of the stacked tensors, or,
+    # where no gradient is needed (inside custom gradients): neither
+    # differentiates it. Elsewhere one reduction of the stacked tensors, or,
     # for sums that are `outputs` of the computation, one each (slices of
     # one stacked sum would each be copied out). An axis longer than 32 is
     # reduced as several shorter ones (`_short_layout`).
     tensors = tuple(tensors)
     shape = tuple(tensors[0].shape)
     axis = (axis % len(shape),)
+    backend = keras.backend.backend()
+    if backend == "tensorflow" and xla and not differentiable:
+        return _keras_compat.xla_sums(tensors, axis)
     split = _short_layout(shape, axis[0])
     if split is not None:
         tensors = tuple(ops.reshape(t, split[0]) for t in tensors)
         axis = split[1]
-    if keras.backend.backend() == "jax" and not differentiable:
+    if backend == "jax" and not differentiable:
         from jax import lax
 
         zeros = tuple(ops.zeros((), t.dtype) for t in tensors)
@@ -223,13 +228,14 @@ def _upstream(args, upstream):
     return args
 
 
-def _shifted_sums(x, channel_axis, groups=None, apart=False,
-                  square_sums=False):
+def _shifted_sums(x, channel_axis, groups=None, square_sums=False,
+                  variadic=False):
     # (shift, shifted, d, q): the shift s of every slice, x - s, and the
     # (M, C) means of x - s and (x - s)^2 (with `square_sums`, the sums of
     # (x - s)^2). The shift is the slice's first element, or with channel
     # `groups` that of the group's first channel (for all channels of the
-    # group). With `apart`, d and q pass a fusion barrier.
+    # group). With `variadic` (TensorFlow under XLA, no gradient) both
+    # sums are one reduction.
     rank = len(x.shape)
     channels = x.shape[channel_axis]
     axes = reduction_axes(rank, channel_axis)
@@ -241,13 +247,18 @@ def _shifted_sums(x, channel_axis, groups=None, apart=False,
         shift = groups.spread(groups.first(shift))
     full = broadcast_shape(rank, channel_axis, channels)
     shifted = x - ops.reshape(shift, full)
-    d = _as_matrix(ops.mean(shifted, axis=axes, keepdims=True), channels)
-    reduce = ops.sum if square_sums else ops.mean
-    q = _as_matrix(
-        reduce(ops.square(shifted), axis=axes, keepdims=True), channels
-    )
-    if apart:
-        d, q = fusion_barrier(d, q, xla=True)
+    if variadic:
+        d, q = _keras_compat.xla_sums((shifted, ops.square(shifted)), axes)
+        size = _slice_size(x, axes)
+        d, q = d / size, (q if square_sums else q / size)
+    else:
+        d = _as_matrix(
+            ops.mean(shifted, axis=axes, keepdims=True), channels
+        )
+        reduce = ops.sum if square_sums else ops.mean
+        q = _as_matrix(
+            reduce(ops.square(shifted), axis=axes, keepdims=True), channels
+        )
     return shift, shifted, d, q
 
 
@@ -347,17 +358,18 @@ def sample_channel_moments(x, channel_axis, mask=None):
 class _ChannelGroups:
     """`groups` contiguous groups of the channels of `(M, C)` rows."""
 
-    def __init__(self, channels, groups):
+    def __init__(self, channels, groups, xla=False):
         self.channels = channels
         self.groups = groups
         self.width = channels // groups
+        self.xla = xla
 
     def sum(self, *tensors, differentiable=True):
         """Sum over each group, `(M, C)` -> `(M, G)`, for each tensor."""
         split = (-1, self.groups, self.width)
         return _sums(
             (ops.reshape(t, split) for t in tensors), -1,
-            differentiable=differentiable,
+            differentiable=differentiable, xla=self.xla,
         )
 
     def first(self, t):
@@ -392,8 +404,9 @@ class _GhostBatches:
     XLA folds them into constants).
     """
 
-    def __init__(self, batch_size, groups):
+    def __init__(self, batch_size, groups, xla=False):
         self.groups = groups
+        self.xla = xla
         self.size, self.extra = batch_size // groups, batch_size % groups
         # Known to divide evenly: reshapes and broadcasts only.
         self.even = isinstance(batch_size, int) and not self.extra
@@ -439,7 +452,7 @@ class _GhostBatches:
         """Sum over each ghost batch, `(M, C)` -> `(G, C)`, for each."""
         return _sums(
             (self._split(t) for t in tensors), 1,
-            differentiable=differentiable,
+            differentiable=differentiable, xla=self.xla,
         )
 
     def first(self, t):
@@ -479,9 +492,9 @@ class _GhostBatches:
         return ops.cast(ops.reshape(self._sizes, (-1, 1)), dtype)
 
 
-def _ghost_batches(batch_size, groups_m, ghost_batch_size):
+def _ghost_batches(batch_size, groups_m, ghost_batch_size, xla=False):
     groups = num_ghost_batches(batch_size, groups_m, ghost_batch_size)
-    return _GhostBatches(batch_size, groups)
+    return _GhostBatches(batch_size, groups, xla)
 
 
 def _batch_size(t):
@@ -940,7 +953,8 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
         ops.stop_gradient(t) for t in (weighted_mean, weighted_variance)
     )
     batch_mean, batch_variance = _sums(
-        (weighted_mean, weighted_variance), 0, differentiable=False
+        (weighted_mean, weighted_variance), 0, differentiable=False,
+        xla=fused.xla,
     )
     count = ops.ones_like(batch_mean) * (
         ops.cast(fused.batch_size, x.dtype) * fused.size
@@ -960,6 +974,8 @@ def _moving_update(weighted_mean, weighted_variance, moving_mean,
                    moving_variance, momentum):
     # moving * momentum + batch * (1 - momentum) as one more row of the
     # reduction of the weighted ghost statistics: no kernel of its own.
+    # (Not a variadic reduce on TensorFlow: its outputs, the variables'
+    # new values, would each be copied out of it, a kernel each.)
     return _sums(
         (
             ops.concatenate([
@@ -1010,24 +1026,24 @@ class _FusedNormalization:
         self.full = broadcast_shape(rank, channel_axis, self.channels)
         self.size = _slice_size(x, self.axes)
         self.batch_size = _batch_size(x)
+        # Decided once: TensorFlow traces the backward function apart.
+        self.xla = under_xla()
         self.ghosts = _ghost_batches(
-            self.batch_size, groups_m, ghost_batch_size
+            self.batch_size, groups_m, ghost_batch_size, self.xla
         )
         self.groups = (
             None if groups_c is None
-            else _ChannelGroups(self.channels, groups_c)
+            else _ChannelGroups(self.channels, groups_c, self.xla)
         )
         self.epsilon = epsilon
-        # Decided once: TensorFlow traces the backward function apart.
-        self.xla = under_xla()
-        # TensorFlow's XLA reduces (x - s)^2 and dy * (x - s) with its own
-        # loop emitter and fuses that into GhostNorm's ghost-batch
-        # reduction, a slow nested loop: there the per-slice sums get a
-        # kernel of their own. (JAX's XLA hands these reductions to
-        # YNNPACK, which fuses nothing.)
-        self.sums_apart = (
-            self.xla and self.groups is None
-            and keras.backend.backend() == "tensorflow"
+        # TensorFlow under XLA: each pass's two per-slice sums in one
+        # variadic reduction, one loop over the input that XLA's CPU
+        # compiler does not split (with one reduction each, it split those
+        # over more than 32 values, 64x56x56x256, into a reduce-window and
+        # a reduce, and materialized x - s, (x - s)^2 or dy * (x - s) for
+        # them: GhostNorm 23 kernels there, 17 elsewhere; now 13).
+        self.variadic = (
+            self.xla and keras.backend.backend() == "tensorflow"
         )
         # SeqNorm on CPUs under JAX, whose XLA hands each plain sum to
         # YNNPACK: YNNPACK also takes the `(M, C)` arithmetic right after a
@@ -1062,8 +1078,8 @@ class _FusedNormalization:
         s = _Saved()
         if self.axes:
             s.shift, _, s.d, s.q = _shifted_sums(
-                x, self.channel_axis, self.groups, apart=self.sums_apart,
-                square_sums=self.square_sums,
+                x, self.channel_axis, self.groups,
+                square_sums=self.square_sums, variadic=self.variadic,
             )
             if self.square_sums:
                 s.square_sum, s.q = s.q, s.q / self.size
@@ -1137,7 +1153,7 @@ class _FusedNormalization:
         )
         grad_beta, grad_gamma = _sums(
             (ghost_dy, ghost_dy_centred * s.inv_ghost), 0, outputs=True,
-            differentiable=False,
+            differentiable=False, xla=self.xla,
         )
         # alpha = mean(dy), beta_ = mean(dy * z_hat) over ghost batches;
         # dz = gamma r dy + z * z_slope + z_offset.
@@ -1176,19 +1192,19 @@ class _FusedNormalization:
         # x - s again rather than kept from the forward pass: a separately
         # compiled backward function then reads x, not a stored copy.
         shifted = x - self._broadcast(s.shift)
-        if self.axes:
+        if not self.axes:
+            sum_dy, sum_dy_shifted = dy, dy * shifted
+        elif self.variadic:
+            sum_dy, sum_dy_shifted = _keras_compat.xla_sums(
+                (dy, dy * shifted), self.axes
+            )
+        else:
             sum_dy, sum_dy_shifted = (
                 _as_matrix(
                     ops.sum(t, axis=self.axes, keepdims=True), self.channels
                 )
                 for t in (dy, dy * shifted)
             )
-            if self.sums_apart:
-                sum_dy, sum_dy_shifted = fusion_barrier(
-                    sum_dy, sum_dy_shifted, xla=True
-                )
-        else:
-            sum_dy, sum_dy_shifted = dy, dy * shifted
         # sum(dy * (z - mu)) over each ghost batch: for SeqNorm from
         # sum(dy * z) (standardized values: no shift needed), for GhostNorm
         # exact around the shift.

@@ -319,6 +319,27 @@ def test_long_groups_within_the_kernel_bound(shape, groups_c):
         assert max(found) <= 1.5 * batch["kernels"], (layout, rows)
 
 
+# TensorFlow's XLA also split the per-(sample, channel) sums over a spatial
+# axis longer than 32 (ResNet-50's 56x56), and materialized x - s,
+# (x - s)^2 and dy * (x - s) for them; each pass's two sums are now one
+# variadic reduction, which it does not split. Before, at this shape:
+# GhostNorm 21 / 24 and SeqNorm 24 / 25 kernels (G_M = 8 / 7) against
+# BatchNormalization's 14 (64x56x56x256: 23-26 against 14).
+@XLA_BACKENDS
+def test_long_slices_within_the_kernel_bound():
+    rows = benchmark.kernel_counts(
+        shapes=[(16, 40, 40, 16)], dtypes=("float32",)
+    )
+    for layout in ("channels_last", "channels_first"):
+        found = {
+            (r["impl"], r.get("groups_m")): r["kernels"]
+            for r in rows if r["layout"] == layout
+        }
+        batch = found.pop(("batch", None))
+        assert len(found) == 4, rows  # GhostNorm, SeqNorm; G_M = 8 and 7
+        assert max(found.values()) <= 1.5 * batch, (layout, found)
+
+
 # JAX on CPUs: YNNPACK takes the `(M, C)` arithmetic after a sum of
 # (x - s)^2, and the backward's ghost-batch terms were recomputed inside
 # the kernels that read them; SeqNorm now keeps sums of squares and the

@@ -5,6 +5,7 @@ A release that moves or changes one of them fails here, naming it.
 
 import importlib
 
+import numpy as np
 import pytest
 
 from keras_seqnorm import _keras_compat
@@ -51,3 +52,21 @@ def test_in_xla_context_tells_xla_graphs_apart():
     assert seen == {
         "xla": True, "graph": False, "nested": True, "eager": False
     }
+
+
+def test_xla_sums_equal_one_reduction_per_tensor():
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(0)
+    a = tf.constant(rng.normal(size=(3, 40, 5, 6)).astype("float32"))
+    b = tf.square(a) + 1e4
+
+    @tf.function(jit_compile=True)
+    def sums(a, b):
+        return _keras_compat.xla_sums((a, b, a * b), (1, 2))
+
+    found = sums(a, b)
+    assert len(found) == 3
+    for got, t in zip(found, (a, b, a * b)):
+        expected = np.sum(t.numpy().astype("float64"), axis=(1, 2))
+        assert got.shape == (3, 6)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
