@@ -455,6 +455,27 @@ class _GhostBatches:
             differentiable=differentiable, xla=self.xla,
         )
 
+    def sum_around(self, weights, values, shift, centre,
+                   differentiable=True):
+        """Sums over each ghost batch of `weights` and of `values - (centre
+        - shift) * weights`, `centre` a `(G, C)` row per ghost batch.
+
+        Unless G divides M, `centre` meets the rows in the `(G, W, C)`
+        layout of the sums rather than being spread to `(M, C)`: a spread
+        is then a gather, a kernel of its own.
+        """
+        if self.even:
+            centred = values - (self.spread(centre) - shift) * weights
+            return self.sum(weights, centred, differentiable=differentiable)
+        weights, values, shift = (
+            self._split(t) for t in (weights, values, shift)
+        )
+        centred = values - (ops.expand_dims(centre, 1) - shift) * weights
+        return _sums(
+            (weights, centred), 1, differentiable=differentiable,
+            xla=self.xla,
+        )
+
     def first(self, t):
         """The first sample of each ghost batch, `(G, C)`."""
         if self.even:
@@ -1217,11 +1238,9 @@ class _FusedNormalization:
             )
             return (sum_dy, sum_dy_z, ghost_dy,
                     ghost_dy_z - s.ghost_mean * ghost_dy)
-        sum_dy_centred = sum_dy_shifted - (
-            self.ghosts.spread(s.ghost_mean) - s.shift
-        ) * sum_dy
-        ghost_dy, ghost_dy_centred = self.ghosts.sum(
-            sum_dy, sum_dy_centred, differentiable=False
+        ghost_dy, ghost_dy_centred = self.ghosts.sum_around(
+            sum_dy, sum_dy_shifted, s.shift, s.ghost_mean,
+            differentiable=False,
         )
         return sum_dy, None, ghost_dy, ghost_dy_centred
 
