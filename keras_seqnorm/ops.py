@@ -21,7 +21,8 @@ like BatchNormalization, whatever the number of channel groups and ghost
 batches. In training on TensorFlow and JAX it has one custom gradient for
 the whole layer: the backward pass is one reduction over the upstream
 gradient and one elementwise pass, with every `(M, C)` term of each
-direction computed by a handful of stacked reductions. Under XLA those
+direction computed by a handful of reductions (variadic ones under XLA,
+each several sums in one loop). Under XLA those
 terms are computed apart from the passes over the input (`fusion_barrier`)
 instead of being redone at every position (except GhostNorm on JAX CPUs
 with slices of 64 values or more, where redoing them is as fast:
@@ -143,8 +144,8 @@ def _variance(square_mean, mean):
 
 # XLA's CPU compilers split a reduction over an axis longer than 32 into a
 # reduce-window and a reduce (TensorFlow's XLA: two kernels, and the
-# stacked operands materialized before them). `_sums` therefore reduces a
-# longer axis as several axes of at most 32.
+# stacked operands materialized before them), except a variadic one.
+# `_sums` therefore reduces a longer axis as several axes of at most 32.
 _SHORT_AXIS = 32
 
 
@@ -191,7 +192,8 @@ def _sums(tensors, axis, outputs=False, differentiable=True, xla=False):
     # differentiates it. Elsewhere one reduction of the stacked tensors, or,
     # for sums that are `outputs` of the computation, one each (slices of
     # one stacked sum would each be copied out). An axis longer than 32 is
-    # reduced as several shorter ones (`_short_layout`).
+    # reduced as several shorter ones (`_short_layout`), except by
+    # TensorFlow's variadic reduce, which XLA does not split.
     tensors = tuple(tensors)
     shape = tuple(tensors[0].shape)
     axis = (axis % len(shape),)
