@@ -55,8 +55,9 @@ def _sum_reducer(count, dtype):
 def xla_sums(tensors, axes):
     """The sums of same-shaped tensors over `axes`, as one XLA reduction.
 
-    Only inside a graph that XLA compiles (`in_xla_context()`), and
-    without a gradient: TensorFlow has none for the op. Unlike one
+    Only in a computation that XLA compiles (the op has no TensorFlow
+    kernel of its own), and without a gradient: TensorFlow has none for
+    it. Unlike one
     reduction per tensor, XLA computes them in one loop over the inputs
     (fused with the tensors' producers), and its CPU compiler does not
     split it into a reduce-window and a reduce.

@@ -319,6 +319,22 @@ def test_long_groups_within_the_kernel_bound(shape, groups_c):
         assert max(found) <= 1.5 * batch["kernels"], (layout, rows)
 
 
+def _assert_within_the_kernel_bound(shape, impls=("ghost", "sequential")):
+    # `impls` with G_M = 8 and 7, channels last and first, float32: at
+    # most 1.5x BatchNormalization's kernels in the same layout.
+    rows = benchmark.kernel_counts(shapes=[shape], dtypes=("float32",))
+    layouts = {r["layout"] for r in rows}
+    assert layouts == {"channels_last", "channels_first"}, rows
+    for layout in layouts:
+        found = {
+            (r["impl"], r.get("groups_m")): r["kernels"]
+            for r in rows if r["layout"] == layout
+        }
+        batch = found[("batch", None)]
+        layers = [found[(impl, g)] for impl in impls for g in (8, 7)]
+        assert max(layers) <= 1.5 * batch, (layout, found)
+
+
 # TensorFlow's XLA also split the per-(sample, channel) sums over a spatial
 # axis longer than 32 (ResNet-50's 56x56), and materialized x - s,
 # (x - s)^2 and dy * (x - s) for them; each pass's two sums are now one
@@ -327,17 +343,7 @@ def test_long_groups_within_the_kernel_bound(shape, groups_c):
 # BatchNormalization's 14 (64x56x56x256: 23-26 against 14).
 @XLA_BACKENDS
 def test_long_slices_within_the_kernel_bound():
-    rows = benchmark.kernel_counts(
-        shapes=[(16, 40, 40, 16)], dtypes=("float32",)
-    )
-    for layout in ("channels_last", "channels_first"):
-        found = {
-            (r["impl"], r.get("groups_m")): r["kernels"]
-            for r in rows if r["layout"] == layout
-        }
-        batch = found.pop(("batch", None))
-        assert len(found) == 4, rows  # GhostNorm, SeqNorm; G_M = 8 and 7
-        assert max(found.values()) <= 1.5 * batch, (layout, found)
+    _assert_within_the_kernel_bound((16, 40, 40, 16))
 
 
 # TensorFlow at batch 32: BatchNormalization's per-channel sums over 512
@@ -349,17 +355,7 @@ def test_long_slices_within_the_kernel_bound():
     keras.backend.backend() != "tensorflow", reason="TensorFlow's XLA"
 )
 def test_ghost_norm_within_the_kernel_bound_at_batch_32_on_tensorflow():
-    rows = benchmark.kernel_counts(
-        shapes=[(32, 4, 4, 512)], dtypes=("float32",)
-    )
-    for layout in ("channels_last", "channels_first"):
-        found = {
-            (r["impl"], r.get("groups_m")): r["kernels"]
-            for r in rows if r["layout"] == layout
-        }
-        batch = found[("batch", None)]
-        ghost = [found[("ghost", g)] for g in (8, 7)]
-        assert max(ghost) <= 1.5 * batch, (layout, found)
+    _assert_within_the_kernel_bound((32, 4, 4, 512), impls=("ghost",))
 
 
 # JAX on CPUs: YNNPACK takes the `(M, C)` arithmetic after a sum of
@@ -370,17 +366,7 @@ def test_ghost_norm_within_the_kernel_bound_at_batch_32_on_tensorflow():
 # 14 (the bound is 21).
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's XLA")
 def test_wide_layers_within_the_kernel_bound_on_jax():
-    rows = benchmark.kernel_counts(
-        shapes=[(32, 4, 4, 512)], dtypes=("float32",)
-    )
-    for layout in ("channels_last", "channels_first"):
-        found = {
-            (r["impl"], r.get("groups_m")): r["kernels"]
-            for r in rows if r["layout"] == layout
-        }
-        batch = found.pop(("batch", None))
-        assert len(found) == 4, rows  # GhostNorm, SeqNorm; G_M = 8 and 7
-        assert max(found.values()) <= 1.5 * batch, (layout, found)
+    _assert_within_the_kernel_bound((32, 4, 4, 512))
 
 
 @XLA_BACKENDS
