@@ -57,10 +57,9 @@ def xla_sums(tensors, axes):
 
     Only in a computation that XLA compiles (the op has no TensorFlow
     kernel of its own), and without a gradient: TensorFlow has none for
-    it. Unlike one
-    reduction per tensor, XLA computes them in one loop over the inputs
-    (fused with the tensors' producers), and its CPU compiler does not
-    split it into a reduce-window and a reduce.
+    it. Unlike one reduction per tensor, XLA computes them in one loop
+    over the inputs (fused with the tensors' producers), and its CPU
+    compiler does not split it into a reduce-window and a reduce.
     """
     import tensorflow as tf
     from tensorflow.compiler.tf2xla.python import xla
