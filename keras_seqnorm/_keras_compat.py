@@ -62,12 +62,24 @@ def xla_sums(tensors, axes):
     compiler does not split it into a reduce-window and a reduce.
     """
     import tensorflow as tf
-    from tensorflow.compiler.tf2xla.python import xla
 
+    reduce = _variadic_reduce()
+    if reduce is None:
+        # A TensorFlow that moved the op: the same sums, one reduction each.
+        return tuple(tf.reduce_sum(t, axis=list(axes)) for t in tensors)
     tensors = list(tensors)
     dtype = tensors[0].dtype
     zeros = [tf.zeros((), dtype)] * len(tensors)
-    return tuple(xla.variadic_reduce(
+    return tuple(reduce(
         tensors, zeros, dimensions_to_reduce=list(axes),
         reducer=_sum_reducer(len(tensors), dtype),
     ))
+
+
+def _variadic_reduce():
+    # XLA's variadic reduce, or None where this TensorFlow has no such op.
+    try:
+        from tensorflow.compiler.tf2xla.python import xla
+    except ImportError:
+        return None
+    return getattr(xla, "variadic_reduce", None)
