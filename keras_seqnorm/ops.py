@@ -388,6 +388,31 @@ class _ChannelGroups:
         )
         return ops.reshape(full, (-1, self.channels))
 
+    def split(self, *tensors):
+        """`(M, C)` -> `(M, G, W)`, each group's channels on the last axis.
+
+        `(M, G)` terms meet them as `(M, G, 1)` (`per_group`): arithmetic
+        in this layout broadcasts each group's value over its channels.
+        Under XLA that is a broadcast, which its fusion recomputes freely
+        in every consumer, where a spread `(M, C)` tensor (a reshaped
+        broadcast) counts as one more full-size operand: XLA then stores
+        what is computed from it, a kernel of its own (TensorFlow, SeqNorm
+        at 32x4x4x512: 16 -> 15 kernels).
+        """
+        split = tuple(
+            ops.reshape(t, (-1, self.groups, self.width)) for t in tensors
+        )
+        return split[0] if len(tensors) == 1 else split
+
+    def per_group(self, *tensors):
+        """`(M, G)` -> `(M, G, 1)`, to meet `split` tensors."""
+        expanded = tuple(ops.expand_dims(t, -1) for t in tensors)
+        return expanded[0] if len(tensors) == 1 else expanded
+
+    def merge(self, t):
+        """`(M, G, W)` -> `(M, C)`."""
+        return ops.reshape(t, (-1, self.channels))
+
     def sizes(self, dtype):
         return ops.cast(self.width, dtype)
 
@@ -1130,8 +1155,15 @@ class _FusedNormalization:
             s.ghost_mean, s.ghost_scale
         )
         if self.groups is not None:
-            centre = s.shift + s.spread_shift + spread_mean * s.spread_std
-            scale = s.spread_inv_std * spread_scale
+            g = self.groups
+            shift, mean, ghost_scale = g.split(
+                s.shift, spread_mean, spread_scale
+            )
+            group_shift, std, inv_std = g.per_group(
+                s.group_shift, s.std, s.inv_std
+            )
+            centre = g.merge(shift + group_shift + mean * std)
+            scale = g.merge(inv_std * ghost_scale)
         else:
             centre, scale = spread_mean, spread_scale
         centre, scale = fusion_barrier(centre, scale, xla=self.barriers)
@@ -1145,28 +1177,24 @@ class _FusedNormalization:
         # reduction of what pass 1 gave. Each slice's variance q - d^2
         # keeps the accuracy that matters here, relative to the group's
         # variance. Returns the per-slice mean and mean square of
-        # z = (x - s - e) * rho.
-        width = self.groups.sizes(dtype)
+        # z = (x - s - e) * rho; keeps e, rho and 1 / rho as `(M, G)`.
+        g = self.groups
+        width = g.sizes(dtype)
         square, square_width = (
             (s.square_sum, width * self.size) if self.square_sums
             else (s.q, width)
         )
-        group_shift, group_square = self.groups.sum(
-            s.d, square, differentiable=False
-        )
-        group_shift, group_square = (
+        group_shift, group_square = g.sum(s.d, square, differentiable=False)
+        s.group_shift, group_square = (
             group_shift / width, group_square / square_width
         )
-        inv_std, std = _inverse_std(
-            _variance(group_square, group_shift), self.epsilon
+        s.inv_std, s.std = _inverse_std(
+            _variance(group_square, s.group_shift), self.epsilon
         )
-        s.spread_shift, s.spread_inv_std, s.spread_std = self.groups.spread(
-            group_shift, inv_std, std
-        )
-        normed = (s.d - s.spread_shift) * s.spread_inv_std
-        normed_variance = _finite(_variance(s.q, s.d)) * ops.square(
-            s.spread_inv_std
-        )
+        group_shift, inv_std = g.per_group(s.group_shift, s.inv_std)
+        d, variance = g.split(s.d, _finite(_variance(s.q, s.d)))
+        normed = g.merge((d - group_shift) * inv_std)
+        normed_variance = g.merge(variance * ops.square(inv_std))
         return normed, normed_variance
 
     def backward(self, x, dy, s):
@@ -1232,9 +1260,10 @@ class _FusedNormalization:
         # sum(dy * z) (standardized values: no shift needed), for GhostNorm
         # exact around the shift.
         if self.groups is not None:
-            sum_dy_z = s.spread_inv_std * (
-                sum_dy_shifted - s.spread_shift * sum_dy
-            )
+            g = self.groups
+            group_shift, inv_std = g.per_group(s.group_shift, s.inv_std)
+            dy_shifted, dy = g.split(sum_dy_shifted, sum_dy)
+            sum_dy_z = g.merge(inv_std * (dy_shifted - group_shift * dy))
             ghost_dy, ghost_dy_z = self.ghosts.sum(
                 sum_dy, sum_dy_z, differentiable=False
             )
@@ -1253,13 +1282,16 @@ class _FusedNormalization:
         # directly (so the normed variance feeds the forward reduction
         # alone).
         size = self.size
-        square = ops.where(
-            s.spread_inv_std > 0,
-            ops.square(s.spread_inv_std) * (
-                s.q - 2.0 * s.d * s.spread_shift + ops.square(s.spread_shift)
+        g = self.groups
+        group_shift, inv_std = g.per_group(s.group_shift, s.inv_std)
+        q, d = g.split(s.q, s.d)
+        square = g.merge(ops.where(
+            inv_std > 0,
+            ops.square(inv_std) * (
+                q - 2.0 * d * group_shift + ops.square(group_shift)
             ),
             0.0,
-        )
+        ))
         sum_dz = (
             spread_scale * sum_dy
             + size * (spread_slope * s.normed + spread_offset)
@@ -1267,15 +1299,19 @@ class _FusedNormalization:
         sum_dz_z = spread_scale * sum_dy_z + size * (
             spread_slope * square + spread_offset * s.normed
         )
-        mean_dz, mean_dz_z = (
-            self.groups.spread(t / (self.groups.sizes(dtype) * size))
-            for t in self.groups.sum(sum_dz, sum_dz_z, differentiable=False)
-        )
+        mean_dz, mean_dz_z = g.per_group(*(
+            t / (g.sizes(dtype) * size)
+            for t in g.sum(sum_dz, sum_dz_z, differentiable=False)
+        ))
         # dx = rho (dz - mean_dz - z mean_dz_z), z = rho (x - s - e).
-        z_slope = spread_slope - mean_dz_z
-        slope = ops.square(s.spread_inv_std) * z_slope
-        offset = s.spread_inv_std * (
-            spread_offset - mean_dz
-            - s.spread_inv_std * s.spread_shift * z_slope
+        slope, offset, scale = g.split(
+            spread_slope, spread_offset, spread_scale
         )
-        return s.spread_inv_std * spread_scale, slope, offset
+        z_slope = slope - mean_dz_z
+        return (
+            g.merge(inv_std * scale),
+            g.merge(ops.square(inv_std) * z_slope),
+            g.merge(inv_std * (
+                offset - mean_dz - inv_std * group_shift * z_slope
+            )),
+        )
