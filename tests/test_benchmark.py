@@ -346,26 +346,21 @@ def test_long_slices_within_the_kernel_bound():
     _assert_within_the_kernel_bound((16, 40, 40, 16))
 
 
-# TensorFlow at batch 32: BatchNormalization's per-channel sums over 512
-# values go to YNNPACK whole, 10 kernels, a bound of 15. GhostNorm there:
-# the variadic sums, and uneven ghost batches summed around their means
-# without spreading them (`_GhostBatches.sum_around`). Before: 17 / 20
-# (G_M = 8 / 7). (SeqNorm: 16 / 18, above it.)
-@pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="TensorFlow's XLA"
-)
-def test_ghost_norm_within_the_kernel_bound_at_batch_32_on_tensorflow():
-    _assert_within_the_kernel_bound((32, 4, 4, 512), impls=("ghost",))
-
-
-# JAX on CPUs: YNNPACK takes the `(M, C)` arithmetic after a sum of
-# (x - s)^2, and the backward's ghost-batch terms were recomputed inside
-# the kernels that read them; SeqNorm now keeps sums of squares and the
-# ghost terms pass a fusion barrier there. Before, at 512 channels:
-# SeqNorm with G_M = 7 compiled to 22 kernels against BatchNormalization's
-# 14 (the bound is 21).
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's XLA")
-def test_wide_layers_within_the_kernel_bound_on_jax():
+# Batch 32, 512 channels. TensorFlow: BatchNormalization's per-channel
+# sums over 512 values go to YNNPACK whole, 10 kernels, a bound of 15;
+# GhostNorm meets it with the variadic sums, and uneven ghost batches
+# summed around their means without spreading them
+# (`_GhostBatches.sum_around`); SeqNorm with its GroupNorm stage in the
+# `(M, G, W)` layout (`_ChannelGroups.split`), and no backward fusion
+# barrier for uneven ghost batches. Before: GhostNorm 17 / 20 (G_M = 8 /
+# 7), SeqNorm 16 / 18. JAX on CPUs: YNNPACK takes the `(M, C)` arithmetic
+# after a sum of (x - s)^2, and the backward's ghost-batch terms were
+# recomputed inside the kernels that read them; SeqNorm now keeps sums of
+# squares and the ghost terms pass a fusion barrier there. Before: SeqNorm
+# with G_M = 7 compiled to 22 kernels against BatchNormalization's 14 (the
+# bound is 21).
+@XLA_BACKENDS
+def test_wide_layers_within_the_kernel_bound():
     _assert_within_the_kernel_bound((32, 4, 4, 512))
 
 
