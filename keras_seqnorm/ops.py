@@ -358,13 +358,19 @@ def sample_channel_moments(x, channel_axis, mask=None):
 
 
 class _ChannelGroups:
-    """`groups` contiguous groups of the channels of `(M, C)` rows."""
+    """`groups` contiguous groups of the channels of `(M, C)` rows.
 
-    def __init__(self, channels, groups, xla=False):
+    With `by_group`, `split`, `per_group` and `merge` lay out arithmetic
+    that mixes `(M, C)` and per-group `(M, G)` tensors as `(M, G, W)` and
+    `(M, G, 1)`; without, as `(M, C)` with the group terms spread.
+    """
+
+    def __init__(self, channels, groups, xla=False, by_group=False):
         self.channels = channels
         self.groups = groups
         self.width = channels // groups
         self.xla = xla
+        self.by_group = by_group
 
     def sum(self, *tensors, differentiable=True):
         """Sum over each group, `(M, C)` -> `(M, G)`, for each tensor."""
@@ -389,7 +395,7 @@ class _ChannelGroups:
         return ops.reshape(full, (-1, self.channels))
 
     def split(self, *tensors):
-        """`(M, C)` -> `(M, G, W)`, each group's channels on the last axis.
+        """`(M, C)` -> `(M, G, W)` with `by_group` (else as they are).
 
         `(M, G)` terms meet them as `(M, G, 1)` (`per_group`): arithmetic
         in this layout broadcasts each group's value over its channels.
@@ -399,19 +405,24 @@ class _ChannelGroups:
         what is computed from it, a kernel of its own (TensorFlow, SeqNorm
         at 32x4x4x512: 16 -> 15 kernels).
         """
-        split = tuple(
-            ops.reshape(t, (-1, self.groups, self.width)) for t in tensors
-        )
-        return split[0] if len(tensors) == 1 else split
+        if self.by_group:
+            tensors = tuple(
+                ops.reshape(t, (-1, self.groups, self.width))
+                for t in tensors
+            )
+        return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
     def per_group(self, *tensors):
-        """`(M, G)` -> `(M, G, 1)`, to meet `split` tensors."""
+        """`(M, G)` -> `(M, G, 1)` with `by_group`, else spread to `(M, C)`:
+        to meet `split` tensors."""
+        if not self.by_group:
+            return self.spread(*tensors)
         expanded = tuple(ops.expand_dims(t, -1) for t in tensors)
         return expanded[0] if len(tensors) == 1 else expanded
 
     def merge(self, t):
-        """`(M, G, W)` -> `(M, C)`."""
-        return ops.reshape(t, (-1, self.channels))
+        """A `split` layout's tensor as `(M, C)`."""
+        return ops.reshape(t, (-1, self.channels)) if self.by_group else t
 
     def sizes(self, dtype):
         return ops.cast(self.width, dtype)
@@ -1079,10 +1090,6 @@ class _FusedNormalization:
         self.ghosts = _ghost_batches(
             self.batch_size, groups_m, ghost_batch_size, self.xla
         )
-        self.groups = (
-            None if groups_c is None
-            else _ChannelGroups(self.channels, groups_c, self.xla)
-        )
         self.epsilon = epsilon
         # TensorFlow under XLA: each pass's two per-slice sums in one
         # variadic reduction, one loop over the input that XLA's CPU
@@ -1092,6 +1099,18 @@ class _FusedNormalization:
         # them: GhostNorm 23 kernels there, 17 elsewhere; now 13).
         self.variadic = (
             self.xla and keras.backend.backend() == "tensorflow"
+        )
+        # The GroupNorm stage by group there too (`_ChannelGroups.split`:
+        # SeqNorm 16 -> 15 kernels). On JAX CPUs that layout compiled to as
+        # many kernels or two fewer but ran 5-10% slower at 32x4x4x512
+        # (YNNPACK takes the arithmetic after the sum of dy * (x - s) with
+        # its broadcasts materialized); on GPUs it is unmeasured, so JAX
+        # compiles as it did.
+        self.groups = (
+            None if groups_c is None
+            else _ChannelGroups(
+                self.channels, groups_c, self.xla, by_group=self.variadic
+            )
         )
         # SeqNorm on CPUs under JAX, whose XLA hands each plain sum to
         # YNNPACK: YNNPACK also takes the `(M, C)` arithmetic right after a
@@ -1229,15 +1248,20 @@ class _FusedNormalization:
             slope = spread_slope
             offset = spread_offset + spread_slope * s.shift
             scale_x = spread_scale
-        # SeqNorm with uneven ghost batches: the ghost terms are gathered,
-        # stored, so the loop over the input computes the rest as fast as a
-        # barrier would, in one kernel fewer (32x4x4x512, G_M = 7:
-        # TensorFlow 16 -> 15 kernels and about 3% faster, JAX CPUs 21 ->
-        # 20 and about 9% faster). With even ghost batches, the terms are
-        # faster apart (JAX CPUs: 1.2-1.5x slower without the barrier).
+        # SeqNorm with uneven ghost batches on TensorFlow (or a batch size
+        # unknown when traced): the ghost terms are gathered, stored, so
+        # the loop over the input computes the rest as fast as a barrier
+        # would, in one kernel fewer (16 -> 15; in interleaved A/B runs
+        # 0.87-1.02x the time before). On JAX CPUs that was faster at the
+        # small shapes (0.84-0.98x) but slower at 128x8x8x640
+        # (1.07-1.13x): JAX keeps the barrier. With even ghost batches the
+        # terms are faster apart everywhere (JAX CPUs: 1.2-1.5x slower
+        # without the barrier).
         scale_x, slope, offset, shift_x = fusion_barrier(
             scale_x, slope, offset, s.shift,
-            xla=self.barriers and (self.ghosts.even or self.groups is None),
+            xla=self.barriers and (
+                self.ghosts.even or self.groups is None or not self.variadic
+            ),
         )
         grad_x = (
             dy * self._broadcast(scale_x)
