@@ -372,17 +372,20 @@ class _ChannelGroups:
         self.xla = xla
         self.by_group = by_group
 
+    def _grouped(self, t):
+        # (M, C) -> (M, G, W).
+        return ops.reshape(t, (-1, self.groups, self.width))
+
     def sum(self, *tensors, differentiable=True):
         """Sum over each group, `(M, C)` -> `(M, G)`, for each tensor."""
-        split = (-1, self.groups, self.width)
         return _sums(
-            (ops.reshape(t, split) for t in tensors), -1,
+            (self._grouped(t) for t in tensors), -1,
             differentiable=differentiable, xla=self.xla,
         )
 
     def first(self, t):
         """The first channel of each group, `(M, G)`."""
-        return ops.reshape(t, (-1, self.groups, self.width))[:, :, 0]
+        return self._grouped(t)[:, :, 0]
 
     def spread(self, *tensors):
         """`(M, G)` -> `(M, C)`: every channel gets its group's value."""
@@ -406,10 +409,7 @@ class _ChannelGroups:
         at 32x4x4x512: 16 -> 15 kernels).
         """
         if self.by_group:
-            tensors = tuple(
-                ops.reshape(t, (-1, self.groups, self.width))
-                for t in tensors
-            )
+            tensors = tuple(self._grouped(t) for t in tensors)
         return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
     def per_group(self, *tensors):
@@ -1136,6 +1136,18 @@ class _FusedNormalization:
             and None not in slice_values
             and int(np.prod(slice_values)) >= 64
         )
+        # SeqNorm with uneven ghost batches on TensorFlow (or a batch size
+        # unknown when traced): the ghost terms are gathered, stored, so
+        # the loop over the input computes the rest as fast as a barrier
+        # would, in one kernel fewer (16 -> 15; in interleaved A/B runs
+        # 0.87-1.02x the time before). On JAX CPUs that was faster at the
+        # small shapes (0.84-0.98x) but slower at 128x8x8x640
+        # (1.07-1.13x): JAX keeps the barrier. With even ghost batches the
+        # terms are faster apart everywhere (JAX CPUs: 1.2-1.5x slower
+        # without the barrier).
+        self.backward_barrier = self.barriers and (
+            self.ghosts.even or self.groups is None or not self.variadic
+        )
 
     def _broadcast(self, t):
         return ops.reshape(t, self.full)
@@ -1248,20 +1260,8 @@ class _FusedNormalization:
             slope = spread_slope
             offset = spread_offset + spread_slope * s.shift
             scale_x = spread_scale
-        # SeqNorm with uneven ghost batches on TensorFlow (or a batch size
-        # unknown when traced): the ghost terms are gathered, stored, so
-        # the loop over the input computes the rest as fast as a barrier
-        # would, in one kernel fewer (16 -> 15; in interleaved A/B runs
-        # 0.87-1.02x the time before). On JAX CPUs that was faster at the
-        # small shapes (0.84-0.98x) but slower at 128x8x8x640
-        # (1.07-1.13x): JAX keeps the barrier. With even ghost batches the
-        # terms are faster apart everywhere (JAX CPUs: 1.2-1.5x slower
-        # without the barrier).
         scale_x, slope, offset, shift_x = fusion_barrier(
-            scale_x, slope, offset, s.shift,
-            xla=self.barriers and (
-                self.ghosts.even or self.groups is None or not self.variadic
-            ),
+            scale_x, slope, offset, s.shift, xla=self.backward_barrier
         )
         grad_x = (
             dy * self._broadcast(scale_x)
