@@ -1136,18 +1136,6 @@ class _FusedNormalization:
             and None not in slice_values
             and int(np.prod(slice_values)) >= 64
         )
-        # SeqNorm with uneven ghost batches on TensorFlow (or a batch size
-        # unknown when traced): the ghost terms are gathered, stored, so
-        # the loop over the input computes the rest as fast as a barrier
-        # would, in one kernel fewer (16 -> 15; in interleaved A/B runs
-        # 0.87-1.02x the time before). On JAX CPUs that was faster at the
-        # small shapes (0.84-0.98x) but slower at 128x8x8x640
-        # (1.07-1.13x): JAX keeps the barrier. With even ghost batches the
-        # terms are faster apart everywhere (JAX CPUs: 1.2-1.5x slower
-        # without the barrier).
-        self.backward_barrier = self.barriers and (
-            self.ghosts.even or self.groups is None or not self.variadic
-        )
 
     def _broadcast(self, t):
         return ops.reshape(t, self.full)
@@ -1260,8 +1248,20 @@ class _FusedNormalization:
             slope = spread_slope
             offset = spread_offset + spread_slope * s.shift
             scale_x = spread_scale
+        # SeqNorm with uneven ghost batches on TensorFlow (or a batch size
+        # unknown when traced): the ghost terms are gathered, stored, so
+        # the loop over the input computes the rest as fast as a barrier
+        # would, in one kernel fewer (16 -> 15; in interleaved A/B runs
+        # 0.87-1.02x the time before). On JAX CPUs that was faster at the
+        # small shapes (0.84-0.98x) but slower at 128x8x8x640
+        # (1.07-1.13x): JAX keeps the barrier. With even ghost batches the
+        # terms are faster apart everywhere (JAX CPUs: 1.2-1.5x slower
+        # without the barrier).
         scale_x, slope, offset, shift_x = fusion_barrier(
-            scale_x, slope, offset, s.shift, xla=self.backward_barrier
+            scale_x, slope, offset, s.shift,
+            xla=self.barriers and (
+                self.ghosts.even or self.groups is None or not self.variadic
+            ),
         )
         grad_x = (
             dy * self._broadcast(scale_x)
