@@ -26,7 +26,8 @@ each several sums in one loop). Under XLA those
 terms are computed apart from the passes over the input (`fusion_barrier`)
 instead of being redone at every position (except GhostNorm on JAX CPUs
 with slices of 64 values or more, where redoing them is as fast:
-`_FusedNormalization`).
+`_FusedNormalization`). GhostNorm on JAX CPUs with ghost batches of one
+size sums each ghost batch at once instead (`_WholeGhostBatches`).
 """
 
 import collections
@@ -983,7 +984,7 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
                     momentum):
     # Training without a mask, with one custom gradient for the whole layer
     # (`_FusedNormalization` says how it is computed).
-    fused = _FusedNormalization(
+    fused = _fused_normalization(
         x, channel_axis, groups_c, groups_m, ghost_batch_size, epsilon
     )
     has_gamma, has_beta = gamma is not None, beta is not None
@@ -1052,8 +1053,121 @@ def _moving_update(weighted_mean, weighted_variance, moving_mean,
     )
 
 
+def _fused_normalization(x, channel_axis, groups_c, groups_m,
+                         ghost_batch_size, epsilon):
+    # GhostNorm whose ghost batches all hold as many samples, on JAX CPUs:
+    # `_WholeGhostBatches`. Everything else: `_FusedNormalization`.
+    batch_size = _batch_size(x)
+    if groups_c is None and _jax_on_cpu() and isinstance(batch_size, int):
+        groups = num_ghost_batches(batch_size, groups_m, ghost_batch_size)
+        if batch_size % groups == 0:
+            return _WholeGhostBatches(x, channel_axis, groups, epsilon)
+    return _FusedNormalization(
+        x, channel_axis, groups_c, groups_m, ghost_batch_size, epsilon
+    )
+
+
 class _Saved:
     """What the forward pass keeps for the backward pass: `(M, C)` terms."""
+
+
+class _WholeGhostBatches:
+    """GhostNorm in training, G_M dividing M: each ghost batch summed at once.
+
+    The input is seen as `(G, W, ...)`, W samples per ghost batch, and each
+    statistic is one sum over a ghost batch, straight to `(G, C)`, around
+    a shift s, the ghost batch's first value of each channel (so the
+    variance stays exact for inputs far from zero). Pass 1 sums x - s and
+    (x - s)^2 into mu and r = 1 / sqrt(var + eps); pass 2 writes
+    y = (x - mu) * r gamma + beta; pass 3 sums dy and dy * (x - s) into
+    BatchNorm's alpha and beta (the ghost means of dy and dy * x_hat);
+    pass 4 writes dx = dy * r gamma + (x - s) * slope + offset. Every
+    `(G, C)` term meets the passes as a broadcast.
+
+    `_FusedNormalization` sums per (sample, channel) and pools those over
+    ghost batches, as SeqNorm needs; for GhostNorm on JAX CPUs (whose XLA
+    hands each sum, with the arithmetic right after it, to YNNPACK) the
+    direct sums compile to 11-13 kernels instead of 13-18 and run in
+    0.8-1.0x the time (64x16x16x16 to 128x32x32x160); on TensorFlow's XLA
+    they ran 1.05-1.8x slower, and GPUs are unmeasured, so those compile
+    `_FusedNormalization`.
+    """
+
+    def __init__(self, x, channel_axis, groups, epsilon):
+        rank = len(x.shape)
+        self.channels = x.shape[channel_axis]
+        self.batch_size = x.shape[0]
+        self.groups = groups
+        self.epsilon = epsilon
+        self.xla = under_xla()
+        axes = reduction_axes(rank, channel_axis)
+        self.size = _slice_size(x, axes)
+        # In the (G, W, ...) view: the axes of each ghost batch's sums, and
+        # the shape of a (G, C) term there.
+        self.axes = (1,) + tuple(a + 1 for a in axes)
+        self.full = [groups] + [1] * rank
+        self.full[channel_axis + 1] = self.channels
+        self.count = self.size * (self.batch_size // groups)
+
+    def _view(self, t):
+        # (M, ...) -> (G, W, ...).
+        return ops.reshape(
+            t, (self.groups, -1) + tuple(t.shape[1:])
+        )
+
+    def _sums(self, *tensors):
+        return tuple(
+            ops.sum(t, axis=self.axes, keepdims=True) for t in tensors
+        )
+
+    def _rows(self, t):
+        # A (G, C) term as (G, C).
+        return ops.reshape(t, (self.groups, self.channels))
+
+    def forward(self, x, gamma, beta):
+        """Returns the outputs, the weighted ghost statistics and `_Saved`."""
+        s = _Saved()
+        x = self._view(x)
+        first = tuple(
+            slice(0, 1) if a in self.axes else slice(None)
+            for a in range(len(x.shape))
+        )
+        s.shift = x[first]
+        shifted = x - s.shift
+        d, q = self._sums(shifted, ops.square(shifted))
+        s.d, q = d / self.count, q / self.count
+        s.mean = s.shift + s.d
+        variance = _variance(q, s.d)
+        s.inv_std = ops.rsqrt(variance + self.epsilon)
+        s.scale = s.inv_std * ops.reshape(gamma, self.full[1:])
+        outputs = (x - s.mean) * s.scale + ops.reshape(beta, self.full[1:])
+        # The batch statistics are the means of these over ghost batches.
+        weighted = tuple(
+            self._rows(t) / self.groups for t in (s.mean, variance)
+        )
+        return ops.reshape(outputs, (-1,) + tuple(x.shape[2:])), weighted, s
+
+    def backward(self, x, dy, s):
+        """Returns the gradients of `x`, gamma and beta."""
+        shifted = self._view(x) - s.shift
+        dy = self._view(dy)
+        sum_dy, sum_dy_shifted = self._sums(dy, dy * shifted)
+        # sum(dy * (x - mu)) = sum(dy * (x - s)) - (mu - s) sum(dy).
+        sum_dy_centred = sum_dy_shifted - s.d * sum_dy
+        grad_beta, grad_gamma = _sums(
+            (self._rows(sum_dy), self._rows(sum_dy_centred * s.inv_std)),
+            0, outputs=True, differentiable=False, xla=self.xla,
+        )
+        # dx = r gamma (dy - alpha - x_hat beta), x_hat = (x - mu) r.
+        alpha = sum_dy / self.count
+        beta_ = s.inv_std * sum_dy_centred / self.count
+        slope = -s.scale * s.inv_std * beta_
+        offset = -s.scale * alpha - slope * s.d
+        grad_x = dy * s.scale + shifted * slope + offset
+        return (
+            ops.reshape(grad_x, (-1,) + tuple(dy.shape[2:])),
+            grad_gamma, grad_beta,
+        )
 
 
 class _FusedNormalization:
@@ -1124,12 +1238,12 @@ class _FusedNormalization:
         # TensorFlow SeqNorm compiles as it did.
         self.ghost_terms_apart = self.groups is not None and _jax_on_cpu()
         self.square_sums = self.ghost_terms_apart and bool(self.axes)
-        # GhostNorm on JAX CPUs with slices of 64 values or more: XLA
-        # computes the `(M, C)` terms inside the loops over the input as
-        # fast as apart (128x32x32x160, 64x56x56x256) or faster
-        # (64x16x16x16: about 1.16x -> 1.07x BatchNormalization), in two
-        # kernels fewer. With shorter slices (32x4x4x512), and for
-        # SeqNorm, the terms are faster apart.
+        # GhostNorm on JAX CPUs (uneven ghost batches since
+        # `_WholeGhostBatches`), slices of 64 values or more: XLA computes
+        # the `(M, C)` terms inside the loops over the input as fast as
+        # apart (128x32x32x160, 64x56x56x256) or faster (64x16x16x16:
+        # 1.16x -> 1.07x BatchNormalization), in two kernels fewer. With
+        # shorter slices (32x4x4x512), and SeqNorm, apart is faster.
         slice_values = [x.shape[a] for a in self.axes]
         self.barriers = self.xla and not (
             self.groups is None and _jax_on_cpu()

@@ -364,6 +364,24 @@ def test_wide_layers_within_the_kernel_bound():
     _assert_within_the_kernel_bound((32, 4, 4, 512))
 
 
+# GhostNorm with G_M dividing M on JAX CPUs sums each ghost batch at once
+# (`ops._WholeGhostBatches`): fewer kernels than BatchNormalization's, where
+# the per-(sample, channel) sums pooled over ghost batches took 13-18
+# against 14 (G_M = 8, float32, 64x16x16x16 to 32x4x4x512).
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="JAX's CPU compiler"
+)
+@pytest.mark.parametrize("shape", [(64, 16, 16, 16), (32, 4, 4, 512)])
+def test_whole_ghost_batches_take_fewer_kernels_than_batch_norm(shape):
+    rows = benchmark.kernel_counts(shapes=[shape], dtypes=("float32",))
+    for layout in ("channels_last", "channels_first"):
+        found = {
+            (r["impl"], r.get("groups_m")): r["kernels"]
+            for r in rows if r["layout"] == layout
+        }
+        assert found[("ghost", 8)] < found[("batch", None)], found
+
+
 @XLA_BACKENDS
 def test_kernels_only_counts_every_layout_and_ghost_split(capsys):
     # `bench --kernels-only`: BatchNorm, and GhostNorm and SeqNorm with

@@ -222,7 +222,8 @@ def test_sequential_moments_is_a_named_tuple():
 @pytest.mark.parametrize("groups_c", [None, 2])
 @pytest.mark.parametrize("shape, axis, groups_m", [
     ((8, 5, 4), -1, 3), ((9, 4, 3, 2), 1, 4), ((7, 4), -1, 2),
-    ((6, 3, 3, 4), -1, 6),
+    ((6, 3, 3, 4), -1, 6), ((8, 5, 4), -1, 4), ((8, 4, 3, 2), 1, 2),
+    ((8, 4), -1, 4),
 ])
 def test_one_custom_gradient_equals_autodiff_step_by_step(groups_c, shape,
                                                           axis, groups_m):
@@ -263,3 +264,47 @@ def test_one_custom_gradient_equals_autodiff_step_by_step(groups_c, shape,
     fused, stepwise = run(None), run(mask)
     for got, want in zip(fused, stepwise):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape, axis, groups_m", [
+    ((16, 4, 4, 3), -1, 4), ((16, 3, 4, 4), 1, 2), ((15, 4, 4, 3), -1, 4),
+    ((16, 3), -1, 4),
+])
+def test_ghost_norm_gradient_far_from_zero(shape, axis, groups_m):
+    # Inputs of mean 1e4 and standard deviation 1: the gradients of x and
+    # gamma against float64 NumPy, dx = r (g - E[g] - x_hat E[g x_hat]),
+    # g = dy gamma, means over each ghost batch.
+    rng = np.random.default_rng(3)
+    channel_axis = norm_ops.resolve_axis(axis, len(shape))
+    channels = shape[channel_axis]
+    x = rng.normal(1e4, 1.0, size=shape).astype("float32")
+    gamma = rng.uniform(0.5, 1.5, size=channels).astype("float32")
+    dy = rng.normal(size=shape).astype("float32")
+
+    def objective(x, gamma):
+        result = norm_ops.sequential_normalization(
+            x, gamma, None, channel_axis=channel_axis, groups_m=groups_m,
+            epsilon=1e-3,
+        )
+        return ops.sum(result.outputs * ops.convert_to_tensor(dy))
+
+    grad_x, grad_gamma = gradients(objective, x, gamma)
+    x64, dy64 = (
+        np.moveaxis(t.astype(np.float64), channel_axis, -1) for t in (x, dy)
+    )
+    want_x, want_gamma = np.zeros_like(x64), np.zeros(channels)
+    for index in np.array_split(np.arange(shape[0]), groups_m):
+        values = x64[index].reshape(-1, channels)
+        upstream = dy64[index].reshape(-1, channels) * gamma
+        inv_std = 1.0 / np.sqrt(values.var(0) + 1e-3)
+        normed = (values - values.mean(0)) * inv_std
+        want = inv_std * (
+            upstream - upstream.mean(0)
+            - normed * (upstream * normed).mean(0)
+        )
+        want_x[index] = want.reshape(x64[index].shape)
+        want_gamma += (dy64[index].reshape(-1, channels) * normed).sum(0)
+    want_x = np.moveaxis(want_x, -1, channel_axis)
+    # float32 holds a mean of 1e4 to about 1e-3: x - mean is no closer.
+    np.testing.assert_allclose(grad_x, want_x, atol=5e-3)
+    np.testing.assert_allclose(grad_gamma, want_gamma, rtol=1e-3, atol=1e-2)
