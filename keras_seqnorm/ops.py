@@ -983,7 +983,8 @@ def _fused_training(x, gamma, beta, channel_axis, groups_c, groups_m,
                     ghost_batch_size, epsilon, moving_mean, moving_variance,
                     momentum):
     # Training without a mask, with one custom gradient for the whole layer
-    # (`_FusedNormalization` says how it is computed).
+    # (`_FusedNormalization` and `_WholeGhostBatches` say how it is
+    # computed).
     fused = _fused_normalization(
         x, channel_axis, groups_c, groups_m, ghost_batch_size, epsilon
     )
@@ -1068,7 +1069,7 @@ def _fused_normalization(x, channel_axis, groups_c, groups_m,
 
 
 class _Saved:
-    """What the forward pass keeps for the backward pass: `(M, C)` terms."""
+    """What the forward pass keeps for the backward pass: small terms."""
 
 
 class _WholeGhostBatches:
@@ -1087,8 +1088,9 @@ class _WholeGhostBatches:
     `_FusedNormalization` sums per (sample, channel) and pools those over
     ghost batches, as SeqNorm needs; for GhostNorm on JAX CPUs (whose XLA
     hands each sum, with the arithmetic right after it, to YNNPACK) the
-    direct sums compile to 11-13 kernels instead of 13-18 and run in
-    0.8-1.0x the time (64x16x16x16 to 128x32x32x160); on TensorFlow's XLA
+    direct sums compile to 10-13 kernels instead of 13-18 (BatchNorm
+    14-16) and run in 0.8-1.0x the time (64x16x16x16 to 128x32x32x160,
+    `docs/performance.md`); on TensorFlow's XLA
     they ran 1.05-1.8x slower, and GPUs are unmeasured, so those compile
     `_FusedNormalization`.
     """
