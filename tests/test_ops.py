@@ -219,6 +219,16 @@ def test_sequential_moments_is_a_named_tuple():
     assert seq.group_mean.shape == seq.group_inv_std.shape == (8, 4)
 
 
+def _layer_inputs(rng, shape, axis, loc, scale):
+    # (channel_axis, channels, x, gamma, an upstream gradient).
+    channel_axis = norm_ops.resolve_axis(axis, len(shape))
+    channels = shape[channel_axis]
+    x = rng.normal(loc, scale, size=shape).astype("float32")
+    gamma = rng.uniform(0.5, 1.5, size=channels).astype("float32")
+    return channel_axis, channels, x, gamma, rng.normal(
+        size=shape).astype("float32")
+
+
 @pytest.mark.parametrize("groups_c", [None, 2])
 @pytest.mark.parametrize("shape, axis, groups_m", [
     ((8, 5, 4), -1, 3), ((9, 4, 3, 2), 1, 4), ((7, 4), -1, 2),
@@ -232,12 +242,10 @@ def test_one_custom_gradient_equals_autodiff_step_by_step(groups_c, shape,
     # gradients, autodiff between them). Same outputs, statistics and
     # gradients for x, gamma and beta.
     rng = np.random.default_rng(8)
-    channel_axis = norm_ops.resolve_axis(axis, len(shape))
-    channels = shape[channel_axis]
-    x = rng.normal(3.0, 2.0, size=shape).astype("float32")
-    gamma = rng.uniform(0.5, 1.5, size=channels).astype("float32")
+    channel_axis, channels, x, gamma, w = _layer_inputs(
+        rng, shape, axis, loc=3.0, scale=2.0
+    )
     beta = rng.normal(size=channels).astype("float32")
-    w = rng.normal(size=shape).astype("float32")
     # All true: a Keras mask covers every axis but the last.
     mask = np.ones(shape[:-1], bool)
 
@@ -274,12 +282,9 @@ def test_ghost_norm_gradient_far_from_zero(shape, axis, groups_m):
     # Inputs of mean 1e4 and standard deviation 1: the gradients of x and
     # gamma against float64 NumPy, dx = r (g - E[g] - x_hat E[g x_hat]),
     # g = dy gamma, means over each ghost batch.
-    rng = np.random.default_rng(3)
-    channel_axis = norm_ops.resolve_axis(axis, len(shape))
-    channels = shape[channel_axis]
-    x = rng.normal(1e4, 1.0, size=shape).astype("float32")
-    gamma = rng.uniform(0.5, 1.5, size=channels).astype("float32")
-    dy = rng.normal(size=shape).astype("float32")
+    channel_axis, channels, x, gamma, dy = _layer_inputs(
+        np.random.default_rng(3), shape, axis, loc=1e4, scale=1.0
+    )
 
     def objective(x, gamma):
         result = norm_ops.sequential_normalization(
