@@ -231,6 +231,13 @@ def _upstream(args, upstream):
     return args
 
 
+def _first_along(x, axes):
+    # The first element along `axes` (kept, of size 1) of every slice.
+    return x[tuple(
+        slice(0, 1) if a in axes else slice(None) for a in range(len(x.shape))
+    )]
+
+
 def _shifted_sums(x, channel_axis, groups=None, square_sums=False,
                   variadic=False):
     # (shift, shifted, d, q): the shift s of every slice, x - s, and the
@@ -242,10 +249,7 @@ def _shifted_sums(x, channel_axis, groups=None, square_sums=False,
     rank = len(x.shape)
     channels = x.shape[channel_axis]
     axes = reduction_axes(rank, channel_axis)
-    first = tuple(
-        slice(0, 1) if a in axes else slice(None) for a in range(rank)
-    )
-    shift = _as_matrix(x[first], channels)
+    shift = _as_matrix(_first_along(x, axes), channels)
     if groups is not None:
         shift = groups.spread(groups.first(shift))
     full = broadcast_shape(rank, channel_axis, channels)
@@ -1104,18 +1108,17 @@ class _WholeGhostBatches:
         self.xla = under_xla()
         axes = reduction_axes(rank, channel_axis)
         self.size = _slice_size(x, axes)
-        # In the (G, W, ...) view: the axes of each ghost batch's sums, and
-        # the shape of a (G, C) term there.
+        # In the (G, W, ...) view: the axes of each ghost batch's sums; a
+        # (C,) weight broadcasts against it as it does against the input.
         self.axes = (1,) + tuple(a + 1 for a in axes)
-        self.full = [groups] + [1] * rank
-        self.full[channel_axis + 1] = self.channels
+        self.weight_shape = [1] + broadcast_shape(
+            rank, channel_axis, self.channels
+        )[1:]
         self.count = self.size * (self.batch_size // groups)
 
     def _view(self, t):
         # (M, ...) -> (G, W, ...).
-        return ops.reshape(
-            t, (self.groups, -1) + tuple(t.shape[1:])
-        )
+        return ops.reshape(t, (self.groups, -1) + tuple(t.shape[1:]))
 
     def _sums(self, *tensors):
         return tuple(
@@ -1129,25 +1132,23 @@ class _WholeGhostBatches:
     def forward(self, x, gamma, beta):
         """Returns the outputs, the weighted ghost statistics and `_Saved`."""
         s = _Saved()
-        x = self._view(x)
-        first = tuple(
-            slice(0, 1) if a in self.axes else slice(None)
-            for a in range(len(x.shape))
-        )
-        s.shift = x[first]
-        shifted = x - s.shift
+        grouped = self._view(x)
+        s.shift = _first_along(grouped, self.axes)
+        shifted = grouped - s.shift
         d, q = self._sums(shifted, ops.square(shifted))
         s.d, q = d / self.count, q / self.count
         s.mean = s.shift + s.d
         variance = _variance(q, s.d)
         s.inv_std = ops.rsqrt(variance + self.epsilon)
-        s.scale = s.inv_std * ops.reshape(gamma, self.full[1:])
-        outputs = (x - s.mean) * s.scale + ops.reshape(beta, self.full[1:])
+        s.scale = s.inv_std * ops.reshape(gamma, self.weight_shape)
+        outputs = (grouped - s.mean) * s.scale + ops.reshape(
+            beta, self.weight_shape
+        )
         # The batch statistics are the means of these over ghost batches.
         weighted = tuple(
             self._rows(t) / self.groups for t in (s.mean, variance)
         )
-        return ops.reshape(outputs, (-1,) + tuple(x.shape[2:])), weighted, s
+        return ops.reshape(outputs, ops.shape(x)), weighted, s
 
     def backward(self, x, dy, s):
         """Returns the gradients of `x`, gamma and beta."""
@@ -1166,10 +1167,7 @@ class _WholeGhostBatches:
         slope = -s.scale * s.inv_std * beta_
         offset = -s.scale * alpha - slope * s.d
         grad_x = dy * s.scale + shifted * slope + offset
-        return (
-            ops.reshape(grad_x, (-1,) + tuple(dy.shape[2:])),
-            grad_gamma, grad_beta,
-        )
+        return ops.reshape(grad_x, ops.shape(x)), grad_gamma, grad_beta
 
 
 class _FusedNormalization:
