@@ -1082,8 +1082,10 @@ class _WholeGhostBatches:
     The input is seen as `(G, W, ...)`, W samples per ghost batch, and each
     statistic is one sum over a ghost batch, straight to `(G, C)`, around
     a shift s, the ghost batch's first value of each channel (so the
-    variance stays exact for inputs far from zero). Pass 1 sums x - s and
-    (x - s)^2 into mu and r = 1 / sqrt(var + eps); pass 2 writes
+    statistics stay exact for inputs far from zero). Pass 1 sums x - s
+    into mu, then ((x - s) - (mu - s))^2 into r = 1 / sqrt(var + eps)
+    (around the mean, as BatchNormalization: no cancellation where s is
+    far from mu; both read one stored x - s); pass 2 writes
     y = (x - mu) * r gamma + beta; pass 3 sums dy and dy * (x - s) into
     BatchNorm's alpha and beta (the ghost means of dy and dy * x_hat);
     pass 4 writes dx = dy * r gamma + (x - s) * slope + offset. Every
@@ -1092,8 +1094,8 @@ class _WholeGhostBatches:
     `_FusedNormalization` sums per (sample, channel) and pools those over
     ghost batches, as SeqNorm needs; for GhostNorm on JAX CPUs (whose XLA
     hands each sum, with the arithmetic right after it, to YNNPACK) the
-    direct sums compile to 10-13 kernels instead of 13-18 (BatchNorm
-    14-16) and run in 0.8-1.0x the time (64x16x16x16 to 128x32x32x160,
+    direct sums compile to 11-14 kernels instead of 13-18 (BatchNorm
+    14-16) and run in 0.8-1.05x the time (64x16x16x16 to 128x32x32x160,
     `docs/performance.md`); on TensorFlow's XLA
     they ran 1.05-1.8x slower, and GPUs are unmeasured, so those compile
     `_FusedNormalization`.
@@ -1135,10 +1137,14 @@ class _WholeGhostBatches:
         grouped = self._view(x)
         s.shift = _first_along(grouped, self.axes)
         shifted = grouped - s.shift
-        d, q = self._sums(shifted, ops.square(shifted))
-        s.d, q = d / self.count, q / self.count
+        (d,) = self._sums(shifted)
+        s.d = d / self.count
         s.mean = s.shift + s.d
-        variance = _variance(q, s.d)
+        # Two passes, as BatchNormalization: the sum of squares around the
+        # mean, (x - s) - d exactly, never E[(x - s)^2] - d^2, which
+        # cancels where the shift is far from the mean.
+        (square,) = self._sums(ops.square(shifted - s.d))
+        variance = square / self.count
         s.inv_std = ops.rsqrt(variance + self.epsilon)
         s.scale = s.inv_std * ops.reshape(gamma, self.weight_shape)
         outputs = (grouped - s.mean) * s.scale + ops.reshape(

@@ -313,3 +313,29 @@ def test_ghost_norm_gradient_far_from_zero(shape, axis, groups_m):
     # float32 holds a mean of 1e4 to about 1e-3: x - mean is no closer.
     np.testing.assert_allclose(grad_x, want_x, atol=5e-3)
     np.testing.assert_allclose(grad_gamma, want_gamma, rtol=1e-3, atol=1e-2)
+
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="JAX's whole ghost batches"
+)
+def test_whole_ghost_batch_variance_is_taken_around_the_mean():
+    # GhostNorm on JAX CPUs shifts each ghost batch's sums by its first
+    # value (`_WholeGhostBatches`). Here that value is 40 standard
+    # deviations from the mean: E[(x - s)^2] - E[x - s]^2 cancelled about
+    # three digits of float32 (relative error 1.9e-5, and Keras' own
+    # BatchNormalization suite failed on it now and then); the sum of
+    # squares around the mean does not. Against float64 NumPy.
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(16, 16, 16, 4)).astype("float32")
+    x[::4, 0, 0, :] = 40.0
+    result = norm_ops.sequential_normalization(
+        x, None, None, channel_axis=3, groups_m=4, epsilon=1e-3,
+    )
+    ghosts = x.astype(np.float64).reshape(4, -1, 4)
+    np.testing.assert_allclose(
+        to_numpy(result.variance), ghosts.var(axis=1).mean(0), rtol=2e-6
+    )
+    np.testing.assert_allclose(
+        to_numpy(result.mean), ghosts.mean(axis=1).mean(0), atol=1e-6
+    )
