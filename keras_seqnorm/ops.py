@@ -6,8 +6,9 @@ axis. All three normalizations used here (GroupNorm, GhostNorm, BatchNorm)
 take their statistics over unions of per-(sample, channel) slices, so the
 fused computation is:
 
-1. `sample_channel_moments`: one reduction over the input gives the count,
-   mean and biased variance of every (sample, channel) slice, shape `(M, C)`.
+1. `sample_channel_moments`: the count, mean and biased variance of every
+   (sample, channel) slice, shape `(M, C)` (two passes over the input, as
+   BatchNormalization's; the fused path below takes one).
 2. `channel_group_moments` / `ghost_batch_moments`: those are pooled into
    the statistics of channel groups (GroupNorm) or ghost batches
    (GhostNorm), each stage by one reduction around a reference value, so
@@ -272,12 +273,15 @@ def _shifted_sums(x, channel_axis, groups=None, square_sums=False,
 def shifted_moments(x, channel_axis):
     """Mean and biased variance of every (sample, channel) slice of `x`.
 
-    The sums are shifted by the first element of each slice, so the variance
-    stays accurate for inputs far from zero (mean 1e4, std 1 in float32),
-    which a plain `E[x^2] - E[x]^2` does not. The custom gradient is the
-    exact `dx = g_mean / n + 2 (x - mean) g_variance / n` (the clamp of a
-    rounded negative variance to 0 is not differentiated), one elementwise
-    pass with the `(M, C)` coefficients computed apart.
+    Two passes, as BatchNormalization takes them: the mean of `x - s`, `s`
+    the slice's first element, then around that mean the mean square (the
+    variance) and the mean (a correction to the first, which rounds to the
+    size of `x - s`). The variance is accurate for inputs far from zero
+    (mean 1e4, std 1 in float32), which a plain `E[x^2] - E[x]^2` is not,
+    and where the first element is far from the others, which a shifted
+    `E[(x - s)^2] - E[x - s]^2` is not. The custom gradient is the exact
+    `dx = g_mean / n + 2 (x - mean) g_variance / n`, one elementwise pass
+    with the `(M, C)` coefficients computed apart.
 
     Args:
         x: float tensor of rank >= 3, batch on axis 0.
@@ -288,14 +292,27 @@ def shifted_moments(x, channel_axis):
     """
     x = ops.convert_to_tensor(x)
     rank = len(x.shape)
-    full = broadcast_shape(rank, channel_axis, x.shape[channel_axis])
-    count = _slice_size(x, reduction_axes(rank, channel_axis))
+    channels = x.shape[channel_axis]
+    full = broadcast_shape(rank, channel_axis, channels)
+    axes = reduction_axes(rank, channel_axis)
+    count = _slice_size(x, axes)
 
     xla = under_xla()
 
+    def means(t):
+        return ops.mean(t, axis=axes, keepdims=True)
+
     @ops.custom_gradient
     def moments(x):
-        shift, shifted, d, q = _shifted_sums(x, channel_axis)
+        shift = _first_along(x, axes)
+        shifted = x - shift
+        first = means(shifted)
+        residual = shifted - first
+        correction, variance = means(residual), means(ops.square(residual))
+        # mean - s, and the mean from s + (mean - s) + correction: exact
+        # where the first element is far from the mean.
+        centre = _as_matrix(first + correction, channels)
+        mean = (shift + first) + correction
 
         def grad(*args, upstream=None):
             upstream = _upstream(args, upstream)
@@ -303,14 +320,16 @@ def shifted_moments(x, channel_axis):
             # 2 (x - mean) g / n, written around the shift: x - shift is
             # exact where x - mean would round mean to x's precision.
             slope = grad_variance * (2.0 / count)
-            offset = grad_mean / count - d * slope
+            offset = grad_mean / count - centre * slope
             slope, offset = fusion_barrier(slope, offset, xla=xla)
             return shifted * ops.reshape(slope, full) + ops.reshape(
                 offset, full
             )
 
         # One output: the torch backend's custom gradient takes only one.
-        return ops.stack([shift + d, _variance(q, d)]), grad
+        return ops.stack([
+            _as_matrix(mean, channels), _as_matrix(variance, channels)
+        ]), grad
 
     both = moments(x)
     return both[0], both[1]
@@ -319,8 +338,9 @@ def shifted_moments(x, channel_axis):
 def sample_channel_moments(x, channel_axis, mask=None):
     """Count, mean and biased variance of every (sample, channel) slice.
 
-    Without a mask the statistics come from `shifted_moments`: sums of
-    `x - s`, where `s` is the slice's first element, with a custom gradient.
+    Without a mask the statistics come from `shifted_moments`: two passes
+    over `x - s`, where `s` is the slice's first element, with a custom
+    gradient.
     With a mask, masked positions count in no statistic (plain autodiff).
 
     Args:
