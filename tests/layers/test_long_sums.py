@@ -63,7 +63,8 @@ def test_long_sums_match_plain_keras(shape, groups_c, groups_m):
     rng = np.random.default_rng(3)
     channels = shape[-1]
     x = rng.normal(2.0, 1.5, size=shape).astype("float32")
-    w = rng.normal(size=shape).astype("float32")
+    # A tensor: torch multiplies no tensor that needs a gradient by NumPy.
+    w = ops.convert_to_tensor(rng.normal(size=shape).astype("float32"))
     gamma = rng.uniform(0.5, 1.5, size=channels).astype("float32")
     beta = rng.normal(size=channels).astype("float32")
 
@@ -141,7 +142,8 @@ def test_ghost_norm_with_long_slices_matches_plain_keras(
     shape = (12, 8, 8, 6) if channel_axis == 3 else (12, 6, 8, 8)
     rng = np.random.default_rng(5)
     x = rng.normal(2.0, 1.5, size=shape).astype("float32")
-    w = rng.normal(size=shape).astype("float32")
+    # A tensor: torch multiplies no tensor that needs a gradient by NumPy.
+    w = ops.convert_to_tensor(rng.normal(size=shape).astype("float32"))
     gamma = rng.uniform(0.5, 1.5, size=6).astype("float32")
     beta = rng.normal(size=6).astype("float32")
     full = [1, 1, 1, 1]
