@@ -25,7 +25,6 @@ commit 655625a) is what this reproduces: see docs/performance.md.
 """
 
 import argparse
-import inspect
 import os
 
 # No GPU is looked for, and the CUDA plugin skips its checks of the
@@ -88,40 +87,15 @@ def _gpu_sharding(target_config):
 
 
 def _compiler_for(sharding):
-    # `benchmark._fwd_bwd_jax`'s step, compiled for the GPU from abstract
+    # `benchmark._fwd_bwd_jax`, compiled for the GPU from abstract
     # arguments placed on it; nothing to run.
     def fwd_bwd(layer, x, dy):
-        trainable = [v.value for v in layer.trainable_variables]
-        non_trainable = [v.value for v in layer.non_trainable_variables]
-        takes_training = "training" in inspect.signature(
-            layer.call
-        ).parameters
-        kwargs = {"training": True} if takes_training else {}
-
-        @jax.jit
-        def step(trainable, non_trainable, x, dy):
-            def forward(trainable, x):
-                return layer.stateless_call(
-                    trainable, non_trainable, x, **kwargs
-                )
-
-            out, vjp, updated = jax.vjp(forward, trainable, x, has_aux=True)
-            return out, vjp(dy), updated
-
+        step, trainable, non_trainable = benchmark._jax_step(layer)
         args = jax.tree_util.tree_map(
             lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sharding),
             (trainable, non_trainable, x, dy),
         )
-        compiled = step.lower(*args).compile()
-        cost = compiled.cost_analysis() or {}
-        if isinstance(cost, (list, tuple)):
-            cost = cost[0] if cost else {}
-        info = {
-            "temp_bytes": None,
-            "bytes_accessed": cost.get("bytes accessed"),
-            "kernels": benchmark.kernel_count(compiled.as_text()),
-        }
-        return None, None, info
+        return None, None, benchmark._jax_info(step.lower(*args).compile())
 
     return fwd_bwd
 

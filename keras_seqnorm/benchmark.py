@@ -199,7 +199,9 @@ def _fwd_bwd_tensorflow(layer, x, dy, jit_compile=True):
     return run, sync, info
 
 
-def _fwd_bwd_jax(layer, x, dy):
+def _jax_step(layer):
+    # The jitted fwd+bwd of `layer`, `step(trainable, non_trainable, x,
+    # dy)`, and the values of its trainable and non-trainable variables.
     import jax
 
     trainable = [v.value for v in layer.trainable_variables]
@@ -220,6 +222,28 @@ def _fwd_bwd_jax(layer, x, dy):
         # so XLA drops neither the forward pass nor the update.
         return out, vjp(dy), updated
 
+    return step, trainable, non_trainable
+
+
+def _jax_info(compiled):
+    # Scratch memory, XLA's estimate of the bytes moved and the kernels of
+    # a compiled JAX computation.
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis() or {}
+    if isinstance(cost, (list, tuple)):  # older JAX: one dict per module
+        cost = cost[0] if cost else {}
+    return {
+        "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+        "bytes_accessed": cost.get("bytes accessed"),
+        "kernels": kernel_count(compiled.as_text()),
+    }
+
+
+def _fwd_bwd_jax(layer, x, dy):
+    import jax
+
+    step, trainable, non_trainable = _jax_step(layer)
+
     def run():
         return step(trainable, non_trainable, x, dy)
 
@@ -227,16 +251,7 @@ def _fwd_bwd_jax(layer, x, dy):
         return jax.block_until_ready(result)
 
     compiled = step.lower(trainable, non_trainable, x, dy).compile()
-    memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis() or {}
-    if isinstance(cost, (list, tuple)):  # older JAX: one dict per module
-        cost = cost[0] if cost else {}
-    info = {
-        "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
-        "bytes_accessed": cost.get("bytes accessed"),
-        "kernels": kernel_count(compiled.as_text()),
-    }
-    return run, sync, info
+    return run, sync, _jax_info(compiled)
 
 
 def fwd_bwd_step(layer, x, dy, jit_compile=True):
