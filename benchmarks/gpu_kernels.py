@@ -37,6 +37,7 @@ import jax  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
 from keras_seqnorm import benchmark  # noqa: E402
+from keras_seqnorm import cli  # noqa: E402
 from keras_seqnorm import ops as norm_ops  # noqa: E402
 from keras_seqnorm import utils  # noqa: E402
 
@@ -121,9 +122,7 @@ def main(argv=None):
             config = f.read()
     shapes = benchmark.DEFAULT_SHAPES
     if args.shapes:
-        shapes = [
-            tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")
-        ]
+        shapes = [cli._shape(s) for s in args.shapes.split(",")]
     norm_ops._jax_on_cpu = lambda: False
     benchmark._fwd_bwd_jax = _compiler_for(_gpu_sharding(config))
     rows = benchmark.kernel_counts(shapes, tuple(args.dtypes.split(",")))
