@@ -16,9 +16,10 @@ the package nor part of `make test`)::
     PYTHONPATH=$PWD /tmp/gpuvenv/bin/python benchmarks/gpu_kernels.py \
         --out benchmarks/results/kernels-gpu-h200-jax-deviceless.json
 
-The layers pick some programs by `jax.default_backend()`, the CPU here:
-the script has them trace the programs they trace on a GPU
-(`keras_seqnorm.ops._jax_on_cpu` answers `False`).
+The layers pick some programs by the platform they are compiled for:
+`benchmark.kernel_counts(sharding=...)` compiles for the described GPU's
+devices and has the layers trace their GPU programs
+(`keras_seqnorm.ops.compiling_for`).
 
 The grid counted on an H200 itself (`kernels-gpu-h200-jax.md`, JAX 0.11.2,
 commit 655625a) is what this reproduces: see docs/performance.md.
@@ -38,7 +39,6 @@ from jax.experimental import topologies  # noqa: E402
 
 from keras_seqnorm import benchmark  # noqa: E402
 from keras_seqnorm import cli  # noqa: E402
-from keras_seqnorm import ops as norm_ops  # noqa: E402
 from keras_seqnorm import utils  # noqa: E402
 
 # XLA's description of the GPU (its `GpuTargetConfig` proto, as text): an
@@ -87,20 +87,6 @@ def _gpu_sharding(target_config):
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
-def _compiler_for(sharding):
-    # `benchmark._fwd_bwd_jax`, compiled for the GPU from abstract
-    # arguments placed on it; nothing to run.
-    def fwd_bwd(layer, x, dy):
-        step, trainable, non_trainable = benchmark._jax_step(layer)
-        args = jax.tree_util.tree_map(
-            lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sharding),
-            (trainable, non_trainable, x, dy),
-        )
-        return None, None, benchmark._jax_info(step.lower(*args).compile())
-
-    return fwd_bwd
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -123,9 +109,9 @@ def main(argv=None):
     shapes = benchmark.DEFAULT_SHAPES
     if args.shapes:
         shapes = [cli._shape(s) for s in args.shapes.split(",")]
-    norm_ops._jax_on_cpu = lambda: False
-    benchmark._fwd_bwd_jax = _compiler_for(_gpu_sharding(config))
-    rows = benchmark.kernel_counts(shapes, tuple(args.dtypes.split(",")))
+    rows = benchmark.kernel_counts(
+        shapes, tuple(args.dtypes.split(",")), sharding=_gpu_sharding(config)
+    )
     name = next(
         (line.split('"')[1] for line in config.splitlines()
          if line.strip().startswith("device_description_str")),

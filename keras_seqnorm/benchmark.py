@@ -35,6 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_seqnorm import ops as norm_ops
 from keras_seqnorm import utils
 from keras_seqnorm import validation
 from keras_seqnorm.layers import GhostNormalization
@@ -300,8 +301,40 @@ def _channels_first(shape):
     return (shape[0], shape[-1]) + tuple(shape[1:-1])
 
 
+def _compiled_info(layer, x, sharding):
+    # `fwd_bwd_step`'s info (x as the cotangent too), compiled for the
+    # devices of `sharding` (JAX) from abstract arguments: nothing runs.
+    if sharding is None:
+        return fwd_bwd_step(layer, x, x)[2]
+    import jax
+
+    step, trainable, non_trainable = _jax_step(layer)
+    args = jax.tree_util.tree_map(
+        lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=sharding),
+        (trainable, non_trainable, x, x),
+    )
+    platform = next(iter(sharding.device_set)).platform
+    with norm_ops.compiling_for(platform):
+        return _jax_info(step.lower(*args).compile())
+
+
+def _check_sharding(sharding):
+    backend = keras.backend.backend()
+    if sharding is not None and backend != "jax":
+        raise ValueError(
+            "Argument `sharding` places JAX arrays and needs the jax "
+            f"backend. Received: sharding={sharding!r} with "
+            f"KERAS_BACKEND={backend}"
+        )
+    if sharding is not None and not hasattr(sharding, "device_set"):
+        raise ValueError(
+            "Argument `sharding` must be a `jax.sharding.Sharding`. "
+            f"Received: sharding={sharding!r}"
+        )
+
+
 def kernel_counts(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"),
-                  groups_m=(GROUPS_M, GROUPS_M - 1)):
+                  groups_m=(GROUPS_M, GROUPS_M - 1), sharding=None):
     """Kernels of each layer's compiled fwd+bwd, without timing anything.
 
     For every shape (given channels last) and dtype, channels last and
@@ -311,6 +344,12 @@ def kernel_counts(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"),
     compile each, no run: on a GPU this counts the GPU's kernels
     (launches).
 
+    With a JAX `sharding`, each fwd+bwd is compiled for its devices, which
+    need not be this machine's: for instance a GPU described by
+    `jax.experimental.topologies` (`benchmarks/gpu_kernels.py`). The layers
+    then trace the programs they trace for those devices' platform
+    (`ops.compiling_for`).
+
     Returns:
         One row per layer: `kind` `"kernels"`, `shape` (channels last),
         `dtype`, `layout`, `impl`, `groups_m` (`None` for BatchNorm),
@@ -318,6 +357,7 @@ def kernel_counts(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"),
         shape, dtype and layout) and `passes` (JAX; see `bench_layers`).
     """
     _check_dtypes(dtypes)
+    _check_sharding(sharding)
     rows = []
     for shape, dtype in itertools.product(shapes, dtypes):
         policy = "mixed_" + dtype if dtype != "float32" else "float32"
@@ -338,7 +378,7 @@ def kernel_counts(shapes=DEFAULT_SHAPES, dtypes=("float32", "bfloat16"),
             for impl, g, make in layers:
                 layer = make(policy)
                 layer.build(layer_shape)
-                info = fwd_bwd_step(layer, x, x)[2]
+                info = _compiled_info(layer, x, sharding)
                 found.append({
                     "kind": "kernels", "shape": list(shape), "dtype": dtype,
                     "layout": layout, "impl": impl, "groups_m": g,

@@ -32,6 +32,8 @@ size sums each ghost batch at once instead (`_WholeGhostBatches`).
 """
 
 import collections
+import contextlib
+import contextvars
 
 import keras
 import numpy as np
@@ -81,13 +83,50 @@ def under_xla():
     )
 
 
+# The platform JAX compiles for, where it is not JAX's default backend's:
+# set by `compiling_for`.
+_TARGET_PLATFORM = contextvars.ContextVar("target_platform", default=None)
+
+JAX_PLATFORMS = ("cpu", "cuda", "rocm", "gpu", "tpu")
+
+
+@contextlib.contextmanager
+def compiling_for(platform):
+    """Within it, JAX traces the programs fit for `platform`.
+
+    The layers trace some programs by the platform they will be compiled
+    for (JAX's default backend): those for CPUs differ from those for GPUs
+    and TPUs in how XLA fuses them. To compile ahead of time for a device
+    that is not the default backend's (for instance a GPU described by
+    `jax.experimental.topologies` on a machine without one), trace inside
+    this context; `benchmark.kernel_counts(sharding=...)` does.
+
+    Args:
+        platform: one of `"cpu"`, `"cuda"`, `"rocm"`, `"gpu"`, `"tpu"`, as
+            a JAX device's `platform`.
+    """
+    if platform not in JAX_PLATFORMS:
+        raise ValueError(
+            f"Argument `platform` must be one of {JAX_PLATFORMS}. "
+            f"Received: platform={platform!r}"
+        )
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
+
+
 def _jax_on_cpu():
     # Whether the JAX backend compiles for CPUs.
     if keras.backend.backend() != "jax":
         return False
-    import jax
+    platform = _TARGET_PLATFORM.get()
+    if platform is None:
+        import jax
 
-    return jax.default_backend() == "cpu"
+        platform = jax.default_backend()
+    return platform == "cpu"
 
 
 def fusion_barrier(*tensors, xla=None):

@@ -416,6 +416,40 @@ def test_kernels_only_counts_every_layout_and_ghost_split(capsys):
     assert "G_M=8 / G_M=7" in out and "BatchNorm ms" not in out
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="JAX's shardings"
+)
+def test_kernel_counts_compile_for_the_devices_of_a_sharding():
+    # Compiled from abstract arguments placed by `sharding`, for its
+    # devices' platform (here this machine's CPU, inside a context that
+    # names another): the same programs and kernels as compiled for the
+    # default device.
+    import jax
+
+    from keras_seqnorm import ops as norm_ops
+
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    kwargs = {"shapes": [(16, 2, 2, 8)], "dtypes": ("float32",)}
+    expected = benchmark.kernel_counts(**kwargs)
+    with norm_ops.compiling_for("gpu"):
+        found = benchmark.kernel_counts(sharding=cpu, **kwargs)
+        gpu_programs = benchmark.kernel_counts(**kwargs)
+    assert found == expected
+    # The GPUs' programs compiled for the CPU differ (whole ghost batches
+    # are summed on JAX CPUs only), so the sharding's platform was used.
+    assert gpu_programs != expected
+    with pytest.raises(ValueError, match="Received: sharding='cpu'"):
+        benchmark.kernel_counts(sharding="cpu", **kwargs)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax", reason="the other backends"
+)
+def test_kernel_counts_take_a_sharding_on_jax_only():
+    with pytest.raises(ValueError, match="needs the jax backend"):
+        benchmark.kernel_counts(shapes=[(8, 2, 2, 8)], sharding=object())
+
+
 def test_run_and_kernel_counts_name_a_dtype_they_do_not_take():
     with pytest.raises(ValueError, match="Received: dtypes='float64'"):
         benchmark.run(shapes=[(8, 2, 2, 8)], dtypes=["float32", "float64"],

@@ -360,3 +360,40 @@ def test_whole_ghost_batch_variance_is_taken_around_the_mean():
     np.testing.assert_allclose(
         to_numpy(result.mean), ghosts.mean(axis=1).mean(0), atol=1e-6
     )
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's platforms")
+def test_compiling_for_picks_the_programs_of_its_platform():
+    # GhostNorm with even ghost batches sums whole ghost batches on JAX
+    # CPUs only; inside `compiling_for("gpu")` it traces the GPUs' program,
+    # and after the context (left by an error too) the default backend's.
+    import jax
+
+    x = ops.zeros((16, 2, 2, 8))
+    kinds = []
+
+    def kind():
+        fused = norm_ops._fused_normalization(x, 3, None, 8, None, 1e-3)
+        kinds.append(type(fused).__name__)
+
+    assert jax.default_backend() == "cpu"
+    kind()
+    with norm_ops.compiling_for("gpu"):
+        kind()
+        with norm_ops.compiling_for("cpu"):
+            kind()
+        kind()
+    with pytest.raises(RuntimeError):
+        with norm_ops.compiling_for("cuda"):
+            kind()
+            raise RuntimeError
+    kind()
+    assert kinds == ["_WholeGhostBatches", "_FusedNormalization",
+                     "_WholeGhostBatches", "_FusedNormalization",
+                     "_FusedNormalization", "_WholeGhostBatches"]
+
+
+def test_compiling_for_names_a_platform_it_does_not_know():
+    with pytest.raises(ValueError, match="Received: platform='h200'"):
+        with norm_ops.compiling_for("h200"):
+            pass
