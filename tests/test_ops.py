@@ -397,3 +397,96 @@ def test_compiling_for_names_a_platform_it_does_not_know():
     with pytest.raises(ValueError, match="Received: platform='h200'"):
         with norm_ops.compiling_for("h200"):
             pass
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 6, 7, 8, 13, 32])
+def test_pairwise_sum_is_the_sum_over_the_last_axis(width):
+    t = np.random.default_rng(width).normal(size=(3, 2, width))
+    np.testing.assert_allclose(
+        to_numpy(norm_ops._pairwise_sum(ops.convert_to_tensor(t))),
+        t.sum(-1), rtol=1e-6, atol=1e-6,
+    )
+
+
+JAX_ONLY = pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="JAX's platforms"
+)
+
+
+@JAX_ONLY
+def test_groups_are_summed_by_adds_on_gpus_only():
+    # Groups of up to 32 channels: elementwise adds in the GPUs' programs
+    # (XLA fuses them with what follows), one reduce elsewhere.
+    import jax
+
+    def primitives(channels, platform):
+        groups = norm_ops._ChannelGroups(channels, 4, xla=True)
+        with norm_ops.compiling_for(platform):
+            jaxpr = jax.make_jaxpr(groups.sum)(ops.zeros((8, channels)))
+        return {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
+
+    assert "reduce_sum" in primitives(32, "cpu")
+    assert "reduce_sum" not in primitives(32, "cuda")
+    assert "add" in primitives(32, "cuda")
+    assert "reduce_sum" in primitives(160, "cuda")
+
+
+@JAX_ONLY
+@pytest.mark.parametrize("groups_c, shape, axis, groups_m", [
+    (4, (16, 3, 3, 32), -1, 4), (4, (15, 3, 3, 24), -1, 4),
+    (2, (12, 10, 3, 3), 1, 3), (1, (8, 40, 2, 2), 1, 2),
+    (None, (16, 3, 3, 8), -1, 4), (None, (14, 8, 3, 3), 1, 4),
+])
+def test_gpu_programs_equal_the_reference_on_cpu(groups_c, shape, axis,
+                                                 groups_m):
+    # The programs traced for GPUs (group sums by adds, the outputs' sums
+    # as one stacked reduction), run here on the CPU: the outputs against
+    # NumPy, and outputs, moving statistics and gradients of x, gamma and
+    # beta against the CPUs' programs.
+    import jax
+
+    from tests.helpers import ghost_norm_reference
+    from tests.helpers import seq_norm_reference
+
+    rng = np.random.default_rng(5)
+    channel_axis, channels, x, gamma, w = _layer_inputs(
+        rng, shape, axis, loc=3.0, scale=2.0
+    )
+    beta = rng.normal(size=channels).astype("float32")
+
+    def step(x, gamma, beta):
+        def objective(x, gamma, beta):
+            result = norm_ops.sequential_normalization(
+                x, gamma, beta, channel_axis=channel_axis,
+                groups_c=groups_c, groups_m=groups_m, epsilon=1e-3,
+                moving_mean=ops.zeros((channels,)),
+                moving_variance=ops.ones((channels,)), momentum=0.9,
+            )
+            loss = ops.sum(result.outputs * ops.convert_to_tensor(w))
+            return loss, (result.outputs, result.moving_mean,
+                          result.moving_variance)
+
+        grads, values = jax.grad(objective, (0, 1, 2), has_aux=True)(
+            x, gamma, beta
+        )
+        return values + grads
+
+    with norm_ops.compiling_for("gpu"):
+        on_gpu = [to_numpy(t) for t in jax.jit(step)(x, gamma, beta)]
+    on_cpu = [to_numpy(t) for t in jax.jit(step)(x, gamma, beta)]
+    for got, want in zip(on_gpu, on_cpu):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    if groups_c is None:
+        normed, mean, variance = ghost_norm_reference(
+            x, axis, groups_m, 1e-3
+        )
+    else:
+        normed, mean, variance = seq_norm_reference(
+            x, axis, groups_c, groups_m, 1e-3
+        )
+    scale = np.reshape(gamma, norm_ops.broadcast_shape(
+        len(shape), channel_axis, channels))
+    offset = np.reshape(beta, scale.shape)
+    want = (normed * scale + offset, 0.1 * mean, 0.9 + 0.1 * variance)
+    for got, expected in zip(on_gpu, want):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
