@@ -87,7 +87,7 @@ def under_xla():
 # set by `compiling_for`.
 _TARGET_PLATFORM = contextvars.ContextVar("target_platform", default=None)
 
-JAX_PLATFORMS = ("cpu", "cuda", "rocm", "gpu", "tpu")
+_PLATFORMS = ("cpu", "cuda", "rocm", "gpu", "tpu")
 
 
 @contextlib.contextmanager
@@ -105,9 +105,9 @@ def compiling_for(platform):
         platform: one of `"cpu"`, `"cuda"`, `"rocm"`, `"gpu"`, `"tpu"`, as
             a JAX device's `platform`.
     """
-    if platform not in JAX_PLATFORMS:
+    if platform not in _PLATFORMS:
         raise ValueError(
-            f"Argument `platform` must be one of {JAX_PLATFORMS}. "
+            f"Argument `platform` must be one of {_PLATFORMS}. "
             f"Received: platform={platform!r}"
         )
     token = _TARGET_PLATFORM.set(platform)
