@@ -250,6 +250,17 @@ def _layer_inputs(rng, shape, axis, loc, scale):
         size=shape).astype("float32")
 
 
+def _training(x, gamma, beta, channel_axis, groups_c, groups_m, mask=None):
+    # One training call, moving statistics zeros and ones, momentum 0.9.
+    channels = x.shape[channel_axis]
+    return norm_ops.sequential_normalization(
+        x, gamma, beta, channel_axis=channel_axis, groups_c=groups_c,
+        groups_m=groups_m, epsilon=1e-3,
+        moving_mean=ops.zeros((channels,)),
+        moving_variance=ops.ones((channels,)), momentum=0.9, mask=mask,
+    )
+
+
 @pytest.mark.parametrize("groups_c", [None, 2])
 @pytest.mark.parametrize("shape, axis, groups_m", [
     ((8, 5, 4), -1, 3), ((9, 4, 3, 2), 1, 4), ((7, 4), -1, 2),
@@ -271,22 +282,15 @@ def test_one_custom_gradient_equals_autodiff_step_by_step(groups_c, shape,
     mask = np.ones(shape[:-1], bool)
 
     def run(mask):
-        def objective(x, gamma, beta):
-            result = norm_ops.sequential_normalization(
-                x, gamma, beta, channel_axis=channel_axis,
-                groups_c=groups_c, groups_m=groups_m, epsilon=1e-3,
-                moving_mean=ops.zeros((channels,)),
-                moving_variance=ops.ones((channels,)), momentum=0.9,
-                mask=mask,
-            )
-            return ops.sum(result.outputs * ops.convert_to_tensor(w))
+        def train(x, gamma, beta):
+            return _training(x, gamma, beta, channel_axis, groups_c,
+                             groups_m, mask)
 
-        result = norm_ops.sequential_normalization(
-            x, gamma, beta, channel_axis=channel_axis, groups_c=groups_c,
-            groups_m=groups_m, epsilon=1e-3,
-            moving_mean=ops.zeros((channels,)),
-            moving_variance=ops.ones((channels,)), momentum=0.9, mask=mask,
-        )
+        def objective(x, gamma, beta):
+            outputs = train(x, gamma, beta).outputs
+            return ops.sum(outputs * ops.convert_to_tensor(w))
+
+        result = train(x, gamma, beta)
         values = [to_numpy(t) for t in result]
         return values + gradients(objective, x, gamma, beta)
 
@@ -456,12 +460,8 @@ def test_gpu_programs_equal_the_reference_on_cpu(groups_c, shape, axis,
 
     def step(x, gamma, beta):
         def objective(x, gamma, beta):
-            result = norm_ops.sequential_normalization(
-                x, gamma, beta, channel_axis=channel_axis,
-                groups_c=groups_c, groups_m=groups_m, epsilon=1e-3,
-                moving_mean=ops.zeros((channels,)),
-                moving_variance=ops.ones((channels,)), momentum=0.9,
-            )
+            result = _training(x, gamma, beta, channel_axis, groups_c,
+                               groups_m)
             loss = ops.sum(result.outputs * ops.convert_to_tensor(w))
             return loss, (result.outputs, result.moving_mean,
                           result.moving_variance)
