@@ -132,6 +132,34 @@ def test_calls_per_sample_last_the_target():
     assert benchmark.calls_per_sample(0.01, target=0.5) == 50
 
 
+def test_interleaved_samples_rotate_the_order(monkeypatch):
+    # Fake steps on a fake clock: step `a` costs 1 s a call, `b` 2 s, `c`
+    # 3 s. Each sample starts one step later than the one before, and
+    # each step's median is its own cost whatever its place.
+    now = [0.0]
+    calls = []
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: now[0])
+
+    def step(name, cost):
+        def run():
+            calls.append(name)
+            now[0] += cost
+            return name
+
+        return run, lambda result: None
+
+    steps = {name: step(name, cost)
+             for name, cost in (("a", 1.0), ("b", 2.0), ("c", 3.0))}
+    medians, iters = benchmark._time_interleaved(steps, iters=2, samples=4)
+    assert iters == 2
+    assert medians == {"a": 1.0, "b": 2.0, "c": 3.0}
+    warm_up, timed = calls[:6], calls[6:]
+    assert warm_up == ["a", "a", "b", "b", "c", "c"]
+    orders = [timed[i:i + 6:2] for i in range(0, len(timed), 6)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"],
+                      ["a", "b", "c"]]
+
+
 @XLA_BACKENDS
 def test_default_iters_are_chosen_per_shape_and_recorded():
     result = benchmark.run(shapes=[(8, 2, 2, 8)], dtypes=["float32"],
