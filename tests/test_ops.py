@@ -490,3 +490,106 @@ def test_gpu_programs_equal_the_reference_on_cpu(groups_c, shape, axis,
     want = (normed * scale + offset, 0.1 * mean, 0.9 + 0.1 * variance)
     for got, expected in zip(on_gpu, want):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@JAX_ONLY
+@pytest.mark.parametrize("shape, groups_c, groups_m, input_dtype, inline", [
+    ((16, 3, 3, 16), 4, 4, "float32", True),
+    ((14, 3, 3, 16), 2, 4, "float32", True),
+    ((16, 3, 3, 8), 4, 4, "float32", True),
+    ((16, 3, 3, 16), 8, 4, "float32", False),
+    ((16, 3, 3, 32), 4, 4, "float32", False),
+    ((16, 3, 3, 16), 4, 4, "bfloat16", False),
+    ((16, 16, 3, 3), 4, 4, "float32", False),
+])
+def test_seqnorm_inline_programs_equal_the_reference(shape, groups_c,
+                                                     groups_m, input_dtype,
+                                                     inline):
+    # SeqNorm on JAX CPUs, float32 with 8 or 16 channels last: no fusion
+    # barriers (`ops._seqnorm_inline`). Which programs a case takes, and
+    # outputs and moving statistics against NumPy, gradients of x, gamma
+    # and beta against the step-by-step path (an all-true mask).
+    import jax
+
+    from tests.helpers import seq_norm_reference
+
+    axis = -1 if shape[-1] != 3 else 1
+    rng = np.random.default_rng(6)
+    channel_axis, channels, x, gamma, w = _layer_inputs(
+        rng, shape, axis, loc=3.0, scale=2.0
+    )
+    beta = rng.normal(size=channels).astype("float32")
+    taken = []
+
+    def fused(x):
+        programs = norm_ops._fused_normalization(
+            x, channel_axis, groups_c, groups_m, None, 1e-3, input_dtype
+        )
+        taken.append((programs.barriers, programs.ghost_terms_apart))
+        return x
+
+    jax.jit(fused)(x)
+    assert taken == [(not inline, not inline)]
+
+    def step(mask):
+        def objective(x, gamma, beta):
+            result = _training(x, gamma, beta, channel_axis, groups_c,
+                               groups_m, mask)
+            loss = ops.sum(result.outputs * ops.convert_to_tensor(w))
+            return loss, (result.outputs, result.moving_mean,
+                          result.moving_variance)
+
+        grads, values = jax.jit(
+            jax.grad(objective, (0, 1, 2), has_aux=True)
+        )(x, gamma, beta)
+        return [to_numpy(t) for t in values + grads]
+
+    got, stepwise = step(None), step(np.ones(shape[:-1], bool))
+    for value, want in zip(got, stepwise):
+        np.testing.assert_allclose(value, want, rtol=2e-4, atol=2e-5)
+    normed, mean, variance = seq_norm_reference(
+        x, axis, groups_c, groups_m, 1e-3
+    )
+    scale = np.reshape(gamma, norm_ops.broadcast_shape(
+        len(shape), channel_axis, channels))
+    want = (normed * scale + np.reshape(beta, scale.shape), 0.1 * mean,
+            0.9 + 0.1 * variance)
+    for value, expected in zip(got, want):
+        np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("policy, input_dtype", [
+    ("float32", "float32"), ("mixed_bfloat16", "bfloat16"),
+])
+def test_the_layer_computes_in_float32_and_names_its_input_dtype(
+        monkeypatch, policy, input_dtype):
+    # The layer hands its inputs to `sequential_normalization` uncast, with
+    # compute_dtype="float32": the fused programs see the dtype the inputs
+    # came in (`ops._seqnorm_inline` keeps its barriers for bfloat16) and
+    # compute in float32, the result equal to the cast inputs'.
+    from keras_seqnorm.layers import SequentialNormalization
+
+    seen = []
+    inline = norm_ops._seqnorm_inline
+
+    def spy(x, channel_axis, groups_c, dtype):
+        seen.append(dtype)
+        return inline(x, channel_axis, groups_c, dtype)
+
+    monkeypatch.setattr(norm_ops, "_seqnorm_inline", spy)
+    x = np.random.default_rng(2).normal(size=(8, 2, 2, 16))
+    layer = SequentialNormalization(groups_c=4, groups_m=2, dtype=policy)
+    outputs = layer(ops.cast(x, input_dtype), training=True)
+    assert seen == [input_dtype]
+    assert keras.backend.standardize_dtype(outputs.dtype) == input_dtype
+    cast = ops.cast(ops.cast(x, input_dtype), "float32")
+    direct = norm_ops.sequential_normalization(
+        ops.cast(x, input_dtype), channel_axis=3, groups_c=4, groups_m=2,
+        compute_dtype="float32",
+    )
+    want = norm_ops.sequential_normalization(
+        cast, channel_axis=3, groups_c=4, groups_m=2,
+    )
+    assert keras.backend.standardize_dtype(direct.outputs.dtype) == "float32"
+    np.testing.assert_allclose(to_numpy(direct.outputs),
+                               to_numpy(want.outputs), rtol=1e-6, atol=1e-6)

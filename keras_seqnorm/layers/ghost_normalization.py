@@ -305,9 +305,6 @@ class GhostNormalization(keras.layers.Layer):
         # The whole layer as a pure function: the outputs and, in
         # training, the updated moving statistics. The casts happen inside,
         # so a compiled call fuses them into its passes over the input.
-        inputs = ops.cast(inputs, keras.backend.result_type(
-            inputs.dtype, "float32"
-        ))
         result = norm_ops.sequential_normalization(
             inputs,
             gamma,
@@ -322,6 +319,7 @@ class GhostNormalization(keras.layers.Layer):
             moving_variance=moving_variance,
             momentum=self.momentum if training else None,
             mask=mask,
+            compute_dtype=keras.backend.result_type(inputs.dtype, "float32"),
         )
         outputs = ops.cast(result.outputs, self.compute_dtype)
         return outputs, result.moving_mean, result.moving_variance
