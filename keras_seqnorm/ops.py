@@ -1378,12 +1378,10 @@ class _FusedNormalization:
         # TensorFlow SeqNorm compiles as it did.
         self.ghost_terms_apart = self.groups is not None and _jax_on_cpu()
         self.square_sums = self.ghost_terms_apart and bool(self.axes)
-        # GhostNorm on JAX CPUs (uneven ghost batches since
-        # `_WholeGhostBatches`), slices of 64 values or more: XLA computes
-        # the `(M, C)` terms inside the loops over the input as fast as
-        # apart (128x32x32x160, 64x56x56x256) or faster (64x16x16x16:
-        # 1.16x -> 1.07x BatchNormalization), in two kernels fewer. With
-        # shorter slices (32x4x4x512), and SeqNorm, apart is faster.
+        # GhostNorm on JAX CPUs (uneven ghost batches), slices of 64 values
+        # or more, and SeqNorm where `_seqnorm_inline`: the `(M, C)` terms
+        # inside the loops over the input, as fast or faster (GhostNorm
+        # 64x16x16x16 1.16x -> 1.07x BatchNorm); elsewhere apart is faster.
         slice_values = [x.shape[a] for a in self.axes]
         self.barriers = self.xla and not (
             self.groups is None and _jax_on_cpu()
