@@ -1374,22 +1374,22 @@ class _FusedNormalization:
         # them. There those terms pass a fusion barrier, and the sums of
         # (x - s)^2 stay sums, read first by the GroupNorm stage's sum
         # (32x4x4x512: 21 kernels either way, fwd+bwd about 1.65x -> 1.35x
-        # BatchNormalization; uneven ghost batches 22 -> 21). On GPUs and
-        # TensorFlow SeqNorm compiles as it did.
-        self.ghost_terms_apart = self.groups is not None and _jax_on_cpu()
-        self.square_sums = self.ghost_terms_apart and bool(self.axes)
+        # BatchNormalization; uneven ghost batches 22 -> 21); no barrier
+        # where `_seqnorm_inline`. GPUs and TensorFlow: as it did.
+        inline = _seqnorm_inline(x, channel_axis, groups_c, input_dtype)
+        seqnorm_on_cpu = self.groups is not None and _jax_on_cpu()
+        self.ghost_terms_apart = seqnorm_on_cpu and not inline
+        self.square_sums = seqnorm_on_cpu and bool(self.axes)
         # GhostNorm on JAX CPUs (uneven ghost batches), slices of 64 values
         # or more, and SeqNorm where `_seqnorm_inline`: the `(M, C)` terms
         # inside the loops over the input, as fast or faster (GhostNorm
         # 64x16x16x16 1.16x -> 1.07x BatchNorm); elsewhere apart is faster.
         slice_values = [x.shape[a] for a in self.axes]
-        self.barriers = self.xla and not (
+        self.barriers = self.xla and not inline and not (
             self.groups is None and _jax_on_cpu()
             and None not in slice_values
             and int(np.prod(slice_values)) >= 64
         )
-        if _seqnorm_inline(x, channel_axis, groups_c, input_dtype):
-            self.barriers = self.ghost_terms_apart = False
 
     def _broadcast(self, t):
         return ops.reshape(t, self.full)
