@@ -302,8 +302,8 @@ def _first_along(x, axes):
 def _shifted_sums(x, channel_axis, groups=None, square_sums=False,
                   variadic=False):
     # (shift, shifted, d, q): the shift s of every slice, x - s, and the
-    # (M, C) means of x - s and (x - s)^2 (with `square_sums`, the sums of
-    # (x - s)^2). The shift is the slice's first element, or with channel
+    # (M, C) means of x - s and (x - s)^2 (with `square_sums`, their sums).
+    # The shift is the slice's first element, or with channel
     # `groups` that of the group's first channel (for all channels of the
     # group). With `variadic` (TensorFlow under XLA, no gradient) both
     # sums are one reduction.
@@ -320,10 +320,10 @@ def _shifted_sums(x, channel_axis, groups=None, square_sums=False,
         size = _slice_size(x, axes)
         d, q = d / size, (q if square_sums else q / size)
     else:
-        d = _as_matrix(
-            ops.mean(shifted, axis=axes, keepdims=True), channels
-        )
         reduce = ops.sum if square_sums else ops.mean
+        d = _as_matrix(
+            reduce(shifted, axis=axes, keepdims=True), channels
+        )
         q = _as_matrix(
             reduce(ops.square(shifted), axis=axes, keepdims=True), channels
         )
@@ -442,6 +442,13 @@ def sample_channel_moments(x, channel_axis, mask=None):
     )
 
 
+def _vector_lanes(width):
+    # The partial sums per channel group that `_ChannelGroups.sum` takes
+    # first: 16 or 8 (float32 lanes of AVX-512 or AVX2) where the group's
+    # width is a multiple of more than one of them, else none.
+    return next((n for n in (16, 8) if width % n == 0 and width > n), None)
+
+
 def _pairwise_sum(t):
     # The sum over the last axis by halving it: elementwise adds of slices
     # (the odd ones out added at the end).
@@ -461,15 +468,19 @@ class _ChannelGroups:
 
     With `by_group`, `split`, `per_group` and `merge` lay out arithmetic
     that mixes `(M, C)` and per-group `(M, G)` tensors as `(M, G, W)` and
-    `(M, G, 1)`; without, as `(M, C)` with the group terms spread.
+    `(M, G, 1)`; without, as `(M, C)` with the group terms spread. With
+    `lanes`, `sum` without a gradient takes `lanes` partial sums per group
+    first (`_vector_lanes`).
     """
 
-    def __init__(self, channels, groups, xla=False, by_group=False):
+    def __init__(self, channels, groups, xla=False, by_group=False,
+                 lanes=None):
         self.channels = channels
         self.groups = groups
         self.width = channels // groups
         self.xla = xla
         self.by_group = by_group
+        self.lanes = lanes
 
     def _grouped(self, t):
         # (M, C) -> (M, G, W).
@@ -486,6 +497,16 @@ class _ChannelGroups:
             # channels: as many or one fewer). Wider groups: a reduce
             # (groups of 40: with adds one kernel more).
             return tuple(_pairwise_sum(self._grouped(t)) for t in tensors)
+        if self.lanes and not differentiable:
+            # Over a major axis to `lanes` partial sums, then over those:
+            # XLA's CPU compiler vectorizes the first reduction along the
+            # lanes (one over the minor axis it emits as a scalar loop).
+            split = (-1, self.groups, self.width // self.lanes, self.lanes)
+            partial = _sums(
+                (ops.reshape(t, split) for t in tensors), 2,
+                differentiable=False, xla=self.xla,
+            )
+            return _sums(partial, -1, differentiable=False, xla=self.xla)
         return _sums(
             (self._grouped(t) for t in tensors), -1,
             differentiable=differentiable, xla=self.xla,
@@ -1310,6 +1331,28 @@ class _WholeGhostBatches:
         return ops.reshape(grad_x, ops.shape(x)), grad_gamma, grad_beta
 
 
+def _channel_groups(channels, groups_c, xla, variadic, apart):
+    # The GroupNorm stage's `_ChannelGroups` for `_FusedNormalization`:
+    # None for GhostNorm. By group (`_ChannelGroups.split`) on TensorFlow
+    # under XLA (`variadic`: SeqNorm 16 -> 15 kernels) and where the
+    # ghost-batch terms are `apart` (SeqNorm on JAX CPUs), where the
+    # group sums also take vectorized partial sums first (`lanes`). There
+    # a select keeps YNNPACK, which takes the `(M, C)` arithmetic right
+    # after a sum, from the backward's `sum(dy * z)`; by group, XLA then
+    # recomputes it (and the forward's z) in each kernel that reads it
+    # instead of storing it, and stores no spread group terms for YNNPACK.
+    # At 32x4x4x512 float32: 21 -> 20 kernels, fwd+bwd 1.13-1.24x ->
+    # 1.05-1.12x BatchNormalization in one process (each part alone
+    # gained less); no shape of the grid slower. GPUs: as it did.
+    if groups_c is None:
+        return None
+    width = channels // groups_c
+    return _ChannelGroups(
+        channels, groups_c, xla, by_group=variadic or apart,
+        lanes=_vector_lanes(width) if apart else None,
+    )
+
+
 class _FusedNormalization:
     """GhostNorm or SeqNorm in training: forward and backward by hand.
 
@@ -1354,32 +1397,25 @@ class _FusedNormalization:
         self.variadic = (
             self.xla and keras.backend.backend() == "tensorflow"
         )
-        # The GroupNorm stage by group there too (`_ChannelGroups.split`:
-        # SeqNorm 16 -> 15 kernels). On JAX CPUs that layout compiled to as
-        # many kernels or two fewer but ran 5-10% slower at 32x4x4x512
-        # (YNNPACK takes the arithmetic after the sum of dy * (x - s) with
-        # its broadcasts materialized); on GPUs it is unmeasured, so JAX
-        # compiles as it did.
-        self.groups = (
-            None if groups_c is None
-            else _ChannelGroups(
-                self.channels, groups_c, self.xla, by_group=self.variadic
-            )
-        )
         # SeqNorm on CPUs under JAX, whose XLA hands each plain sum to
         # YNNPACK: YNNPACK also takes the `(M, C)` arithmetic right after a
         # sum, its broadcasts materialized as kernels of their own, and
         # XLA recomputes the backward's `(G_M, C)` ghost-batch terms at
         # every `(M, C)` element of the GroupNorm stage's kernels that read
         # them. There those terms pass a fusion barrier, and the sums of
-        # (x - s)^2 stay sums, read first by the GroupNorm stage's sum
+        # x - s and (x - s)^2 stay sums (YNNPACK took a division after the
+        # first, its divisor stored), read first by the GroupNorm stage's sum
         # (32x4x4x512: 21 kernels either way, fwd+bwd about 1.65x -> 1.35x
         # BatchNormalization; uneven ghost batches 22 -> 21); no barrier
         # where `_seqnorm_inline`. GPUs and TensorFlow: as it did.
         inline = _seqnorm_inline(x, channel_axis, groups_c, input_dtype)
-        seqnorm_on_cpu = self.groups is not None and _jax_on_cpu()
+        seqnorm_on_cpu = groups_c is not None and _jax_on_cpu()
         self.ghost_terms_apart = seqnorm_on_cpu and not inline
         self.square_sums = seqnorm_on_cpu and bool(self.axes)
+        self.groups = _channel_groups(
+            self.channels, groups_c, self.xla, self.variadic,
+            self.ghost_terms_apart,
+        )
         # GhostNorm on JAX CPUs (uneven ghost batches), slices of 64 values
         # or more, and SeqNorm where `_seqnorm_inline`: the `(M, C)` terms
         # inside the loops over the input, as fast or faster (GhostNorm
@@ -1403,6 +1439,7 @@ class _FusedNormalization:
                 square_sums=self.square_sums, variadic=self.variadic,
             )
             if self.square_sums:
+                s.shift_sum, s.d = s.d, s.d / self.size
                 s.square_sum, s.q = s.q, s.q / self.size
         else:
             s.shift = x if self.groups is None else self.groups.spread(
@@ -1453,14 +1490,12 @@ class _FusedNormalization:
         # z = (x - s - e) * rho; keeps e, rho and 1 / rho as `(M, G)`.
         g = self.groups
         width = g.sizes(dtype)
-        square, square_width = (
-            (s.square_sum, width * self.size) if self.square_sums
-            else (s.q, width)
+        (shift, square), count = (
+            ((s.shift_sum, s.square_sum), width * self.size)
+            if self.square_sums else ((s.d, s.q), width)
         )
-        group_shift, group_square = g.sum(s.d, square, differentiable=False)
-        s.group_shift, group_square = (
-            group_shift / width, group_square / square_width
-        )
+        group_shift, group_square = g.sum(shift, square, differentiable=False)
+        s.group_shift, group_square = group_shift / count, group_square / count
         s.inv_std, s.std = _inverse_std(
             _variance(group_square, s.group_shift), self.epsilon
         )
@@ -1548,6 +1583,10 @@ class _FusedNormalization:
             g = self.groups
             group_shift, inv_std = g.per_group(s.group_shift, s.inv_std)
             dy_shifted, dy = g.split(sum_dy_shifted, sum_dy)
+            if self.ghost_terms_apart:
+                # A select, which YNNPACK does not take: the arithmetic
+                # after this sum stays in XLA's loops (`_channel_groups`).
+                dy_shifted = ops.where(inv_std > 0, dy_shifted, 0.0)
             sum_dy_z = g.merge(inv_std * (dy_shifted - group_shift * dy))
             ghost_dy, ghost_dy_z = self.ghosts.sum(
                 sum_dy, sum_dy_z, differentiable=False

@@ -492,23 +492,12 @@ def test_gpu_programs_equal_the_reference_on_cpu(groups_c, shape, axis,
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@JAX_ONLY
-@pytest.mark.parametrize("shape, groups_c, groups_m, input_dtype, inline", [
-    ((16, 3, 3, 16), 4, 4, "float32", True),
-    ((14, 3, 3, 16), 2, 4, "float32", True),
-    ((16, 3, 3, 8), 4, 4, "float32", True),
-    ((16, 3, 3, 16), 8, 4, "float32", False),
-    ((16, 3, 3, 32), 4, 4, "float32", False),
-    ((16, 3, 3, 16), 4, 4, "bfloat16", False),
-    ((16, 16, 3, 3), 4, 4, "float32", False),
-])
-def test_seqnorm_inline_programs_equal_the_reference(shape, groups_c,
-                                                     groups_m, input_dtype,
-                                                     inline):
-    # SeqNorm on JAX CPUs, float32 with 8 or 16 channels last: no fusion
-    # barriers (`ops._seqnorm_inline`). Which programs a case takes, and
-    # outputs and moving statistics against NumPy, gradients of x, gamma
-    # and beta against the step-by-step path (an all-true mask).
+def _fused_programs_against_the_reference(shape, groups_c, groups_m,
+                                          input_dtype="float32"):
+    # SeqNorm's fused path jit-compiled on JAX (CPU): the programs it took
+    # (`ops._FusedNormalization`), then outputs and moving statistics
+    # against NumPy and gradients of x, gamma and beta against the
+    # step-by-step path (an all-true mask).
     import jax
 
     from tests.helpers import seq_norm_reference
@@ -522,14 +511,12 @@ def test_seqnorm_inline_programs_equal_the_reference(shape, groups_c,
     taken = []
 
     def fused(x):
-        programs = norm_ops._fused_normalization(
+        taken.append(norm_ops._fused_normalization(
             x, channel_axis, groups_c, groups_m, None, 1e-3, input_dtype
-        )
-        taken.append((programs.barriers, programs.ghost_terms_apart))
+        ))
         return x
 
     jax.jit(fused)(x)
-    assert taken == [(not inline, not inline)]
 
     def step(mask):
         def objective(x, gamma, beta):
@@ -556,6 +543,54 @@ def test_seqnorm_inline_programs_equal_the_reference(shape, groups_c,
             0.9 + 0.1 * variance)
     for value, expected in zip(got, want):
         np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4)
+    return taken
+
+
+@JAX_ONLY
+@pytest.mark.parametrize("shape, groups_c, groups_m, input_dtype, inline", [
+    ((16, 3, 3, 16), 4, 4, "float32", True),
+    ((14, 3, 3, 16), 2, 4, "float32", True),
+    ((16, 3, 3, 8), 4, 4, "float32", True),
+    ((16, 3, 3, 16), 8, 4, "float32", False),
+    ((16, 3, 3, 32), 4, 4, "float32", False),
+    ((16, 3, 3, 16), 4, 4, "bfloat16", False),
+    ((16, 16, 3, 3), 4, 4, "float32", False),
+])
+def test_seqnorm_inline_programs_equal_the_reference(shape, groups_c,
+                                                     groups_m, input_dtype,
+                                                     inline):
+    # SeqNorm on JAX CPUs, float32 with 8 or 16 channels last: no fusion
+    # barriers (`ops._seqnorm_inline`).
+    (programs,) = _fused_programs_against_the_reference(
+        shape, groups_c, groups_m, input_dtype
+    )
+    assert (programs.barriers, programs.ghost_terms_apart) == (
+        not inline, not inline
+    )
+
+
+@JAX_ONLY
+@pytest.mark.parametrize("shape, groups_c, groups_m, lanes", [
+    ((16, 2, 2, 128), 4, 4, 16),
+    ((14, 2, 2, 128), 2, 4, 16),
+    ((12, 2, 2, 160), 4, 3, 8),
+    ((8, 2, 2, 2048), 2, 2, 16),
+    ((16, 64, 3, 3), 2, 4, 16),
+    ((16, 3, 3, 32), 4, 4, None),
+    ((16, 3, 3, 48), 2, 5, 8),
+])
+def test_seqnorm_group_programs_on_cpus_equal_the_reference(
+        shape, groups_c, groups_m, lanes):
+    # SeqNorm on JAX CPUs but `_seqnorm_inline`: the GroupNorm stage by
+    # group, its sums with vectorized partial sums first where the group's
+    # width allows (`ops._channel_groups`; 1024 channels a group: partial
+    # sums over two major axes), even and uneven ghost batches.
+    (programs,) = _fused_programs_against_the_reference(
+        shape, groups_c, groups_m
+    )
+    groups = programs.groups
+    assert programs.ghost_terms_apart and groups.by_group
+    assert groups.lanes == lanes
 
 
 @pytest.mark.skipif(
