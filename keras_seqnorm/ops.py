@@ -303,10 +303,10 @@ def _shifted_sums(x, channel_axis, groups=None, square_sums=False,
                   variadic=False):
     # (shift, shifted, d, q): the shift s of every slice, x - s, and the
     # (M, C) means of x - s and (x - s)^2 (with `square_sums`, their sums).
-    # The shift is the slice's first element, or with channel
-    # `groups` that of the group's first channel (for all channels of the
-    # group). With `variadic` (TensorFlow under XLA, no gradient) both
-    # sums are one reduction.
+    # The shift is the slice's first element, or with channel `groups`
+    # that of the group's first channel (for all channels of the group).
+    # With `variadic` (TensorFlow under XLA, no gradient) both sums are one
+    # reduction.
     rank = len(x.shape)
     channels = x.shape[channel_axis]
     axes = reduction_axes(rank, channel_axis)
@@ -469,18 +469,18 @@ class _ChannelGroups:
     With `by_group`, `split`, `per_group` and `merge` lay out arithmetic
     that mixes `(M, C)` and per-group `(M, G)` tensors as `(M, G, W)` and
     `(M, G, 1)`; without, as `(M, C)` with the group terms spread. With
-    `lanes`, `sum` without a gradient takes `lanes` partial sums per group
-    first (`_vector_lanes`).
+    `vectorize`, `sum` without a gradient takes `lanes` partial sums per
+    group first where the width allows (`_vector_lanes`).
     """
 
     def __init__(self, channels, groups, xla=False, by_group=False,
-                 lanes=None):
+                 vectorize=False):
         self.channels = channels
         self.groups = groups
         self.width = channels // groups
         self.xla = xla
         self.by_group = by_group
-        self.lanes = lanes
+        self.lanes = _vector_lanes(self.width) if vectorize else None
 
     def _grouped(self, t):
         # (M, C) -> (M, G, W).
@@ -1346,10 +1346,8 @@ def _channel_groups(channels, groups_c, xla, variadic, apart):
     # gained less); no shape of the grid slower. GPUs: as it did.
     if groups_c is None:
         return None
-    width = channels // groups_c
     return _ChannelGroups(
-        channels, groups_c, xla, by_group=variadic or apart,
-        lanes=_vector_lanes(width) if apart else None,
+        channels, groups_c, xla, by_group=variadic or apart, vectorize=apart
     )
 
 
